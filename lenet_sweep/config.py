@@ -1,0 +1,142 @@
+"""Config schemas (registered in Hydra's ConfigStore) and the value checks types can't express.
+
+Types, enum values and unknown keys are rejected by Hydra/OmegaConf at compose time. Ranges are
+checked by :func:`validate`, which runs before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+#: Metrics a run produces; ``objective`` must name one of them.
+OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")
+
+
+class ConfigError(ValueError):
+    """A config value out of its range; the message names the key and a valid example."""
+
+
+class Activation(Enum):
+    sigmoid = "sigmoid"
+    relu = "relu"
+
+
+class OutputActivation(Enum):
+    sigmoid = "sigmoid"  # the notebook's choice; sparse_categorical_crossentropy renormalises
+    softmax = "softmax"
+
+
+@dataclass
+class LeNetConfig:
+    name: str = "lenet"
+    activation: Activation = Activation.sigmoid
+    output_activation: OutputActivation = OutputActivation.sigmoid
+    conv_filters: List[int] = field(default_factory=lambda: [6, 16])
+    kernel_size: int = 5
+    pool_size: int = 2
+    dense_units: List[int] = field(default_factory=lambda: [120, 84])
+    num_classes: int = 10
+
+
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.9
+    momentum: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    lr: float = 0.001
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    dir: Optional[str] = None  # null: search the usual places (see lenet_sweep.data)
+    batch_size: int = 32
+    validation_split: float = 0.1
+    normalize: bool = False  # false: raw 0-255 pixels, as the notebook
+    train_limit: Optional[int] = None  # first N training images (before the validation split)
+    test_limit: Optional[int] = None  # first N test images
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    verbose: int = 1  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None  # null: sqlite:///<project>/mlflow.db, artifacts in <project>/mlruns
+    experiment_name: str = "lenet_sweep"
+    run_name: Optional[str] = None
+    run_id: Optional[str] = None  # set by the sweeper: log into this (child) run
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    data: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    seed: int = 42
+    objective: str = "val_accuracy"  # metric returned to a sweeper; one of OBJECTIVE_METRICS
+    trial_number: Optional[int] = None  # set by the sweeper: the Optuna trial this run is
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="model", name="base_lenet", node=LeNetConfig)
+    cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
+    cs.store(group="optimizer", name="base_adam", node=AdamConfig)
+    cs.store(group="data", name="base_fashion_mnist", node=DataConfig)
+
+
+def _check(ok: bool, key: str, value: Any, rule: str, example: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value} is invalid: {rule} (for example {key}={example})")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is out of range."""
+    opt, data = cfg.optimizer, cfg.data
+    _check(math.isfinite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0", "0.1")
+    if "momentum" in opt:
+        m = opt.momentum
+        _check(0 <= m < 1, "optimizer.momentum", m, "must be in [0, 1)", "0.9")
+    _check(cfg.trainer.epochs >= 1, "trainer.epochs", cfg.trainer.epochs, "must be >= 1", "10")
+    _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be >= 1", "32")
+    vs = data.validation_split
+    _check(0 < vs < 1, "data.validation_split", vs, "must be in (0, 1)", "0.1")
+    for key in ("train_limit", "test_limit"):
+        n = data[key]
+        _check(n is None or n >= 10, f"data.{key}", n, "must be null (all) or >= 10", "2000")
+    _check(
+        cfg.objective in OBJECTIVE_METRICS,
+        "objective",
+        cfg.objective,
+        f"must be one of {', '.join(OBJECTIVE_METRICS)}",
+        "val_accuracy",
+    )
+    m = cfg.model
+    _check(all(f >= 1 for f in m.conv_filters), "model.conv_filters", list(m.conv_filters),
+           "every filter count must be >= 1", "[6,16]")
+    _check(all(u >= 1 for u in m.dense_units), "model.dense_units", list(m.dense_units),
+           "every width must be >= 1", "[120,84]")
+    _check(m.kernel_size >= 1, "model.kernel_size", m.kernel_size, "must be >= 1", "5")
+    _check(m.pool_size >= 1, "model.pool_size", m.pool_size, "must be >= 1", "2")

@@ -1,0 +1,183 @@
+"""Hydra override-grammar sweep expressions -> Optuna distributions.
+
+- ``choice(a, b)`` or ``a,b``: CategoricalDistribution; values keep their parsed
+  types (bool, int, float, str).
+- ``range(start, stop[, step])``: IntDistribution when all ints, else a stepped
+  FloatDistribution. ``stop`` is excluded, and the float grid is computed in
+  decimal, so ``range(0, 0.9, 0.3)`` is 0, 0.3, 0.6 (Hydra's own enumeration
+  leaks 0.8999999999999999). Sampled floats are ``low + k*step``.
+- ``interval(a, b)``: FloatDistribution(a, b). Hydra casts interval bounds to
+  float, so the official plugin's int branch never fires; use range() for ints.
+- ``tag(log, interval(a, b))`` (a > 0) or ``tag(log, range(a, b))`` (ints, step 1,
+  a >= 1): log scale. Other tags are rejected.
+- Anything else (``0.5``, ``relu``): a one-value CategoricalDistribution.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, Callable, NoReturn
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, OverrideType, RangeSweep
+from hydra.errors import HydraException
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+_PARSER = OverridesParser.create()
+_QUOTED = re.compile(r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"")
+_UNSUPPORTED = re.compile(r"\b(shuffle|sort|glob)\s*\(")
+_SCALARS = (bool, int, float, str)
+_FIX = "write choice(...), range(...), interval(...) or tag(log, ...)"
+
+
+class SearchSpaceError(ValueError):
+    """A search-space entry that cannot become an Optuna distribution."""
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(p.strip() for p in text.splitlines() if p.strip() not in ("", "^"))
+
+
+def _parse_reason(exc: HydraException) -> str:
+    lines = str(exc).splitlines()
+    keep = [x for x in lines if not x.startswith(("Error parsing override", "See https://"))]
+    return _one_line("\n".join(keep)) + " (see Hydra's override grammar docs)"
+
+
+def parse_space(
+    params: Mapping[str, Any], prefix: str = "hydra.sweeper.params."
+) -> dict[str, BaseDistribution]:
+    """Map each ``key: expression`` to an Optuna distribution; errors name ``prefix+key``."""
+    return {str(key): _distribution(f"{prefix}{key}", value) for key, value in params.items()}
+
+
+def _distribution(name: str, value: Any) -> BaseDistribution:
+    text = value.strip() if isinstance(value, str) else repr(value)
+
+    def fail(reason: str) -> NoReturn:
+        raise SearchSpaceError(_one_line(f"{name}: {text!r}: {reason}"))
+
+    if not isinstance(value, str):
+        if value is None or isinstance(value, (bool, int, float)):
+            return CategoricalDistribution([value])
+        fail(f"expected an expression string or a scalar, got {type(value).__name__}")
+    if _UNSUPPORTED.search(_QUOTED.sub("", text)):
+        fail(f"shuffle(), sort() and glob() are not supported in a search space; {_FIX}")
+    try:
+        sweep = _PARSER.parse_override(f"k={text}").value()
+    except HydraException as exc:
+        fail(_parse_reason(exc))
+    tags = set(getattr(sweep, "tags", None) or ())
+    if tags - {"log"}:
+        fail(f"unknown tag {sorted(tags - {'log'})[0]!r}; only 'log' is supported")
+    log = "log" in tags
+    if isinstance(sweep, ChoiceSweep):
+        return _choice(sweep.list, log, fail)
+    if isinstance(sweep, RangeSweep):
+        return _range(sweep, log, fail)
+    if isinstance(sweep, IntervalSweep):
+        return _interval(sweep, log, fail)
+    if sweep is None or isinstance(sweep, _SCALARS):
+        return CategoricalDistribution([sweep])
+    fail(f"a fixed value must be a scalar (bool, int, float, str, null); {_FIX}")
+
+
+def _choice(values: list[Any], log: bool, fail: Callable[[str], NoReturn]) -> BaseDistribution:
+    if log:
+        fail("log scale does not apply to choice(); use tag(log, interval(a, b))")
+    for i, v in enumerate(values):
+        if not isinstance(v, _SCALARS):
+            fail(f"choice value {v!r} is not a scalar; use bool, int, float or str values")
+        if v in values[:i]:
+            fail(f"duplicate choice {v!r} (1, 1.0 and true count as equal); list each once")
+    return CategoricalDistribution(values)
+
+
+def _range(sweep: RangeSweep, log: bool, fail: Callable[[str], NoReturn]) -> BaseDistribution:
+    nums = (sweep.start, sweep.stop, sweep.step)
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in nums):
+        fail("range start, stop and step must be finite numbers")
+    start, stop, step = (Decimal(str(x)) for x in nums)
+    if step == 0:
+        fail("range step must not be 0")
+    count = math.ceil((stop - start) / step)
+    if count <= 0:
+        fail("range is empty (stop is excluded); put stop beyond start in the step's direction")
+    last = start + (count - 1) * step
+    low, high = min(start, last), max(start, last)
+    if all(isinstance(x, int) for x in nums):
+        if log and (abs(step) != 1 or low < 1):
+            fail("tag(log, range(...)) needs step 1 and start >= 1")
+        return IntDistribution(int(low), int(high), log=log, step=int(abs(step)))
+    if log:
+        fail("log scale needs an int range with step 1; use tag(log, interval(a, b)) for floats")
+    return FloatDistribution(float(low), float(high), step=float(abs(step)))
+
+
+def _interval(sweep: IntervalSweep, log: bool, fail: Callable[[str], NoReturn]) -> BaseDistribution:
+    low, high = sweep.start, sweep.end
+    assert low is not None and high is not None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        fail("interval bounds must be finite numbers")
+    if low >= high:
+        fail("lower bound must be below upper bound")
+    if log and low <= 0:
+        fail("log scale needs a lower bound above 0")
+    return FloatDistribution(low, high, log=log)
+
+
+def split_overrides(arguments: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split sweeper arguments into ``{key: sweep text}`` and unchanged fixed overrides."""
+    space: dict[str, str] = {}
+    fixed: list[str] = []
+    for arg in arguments:
+        try:
+            override = _PARSER.parse_override(arg)
+        except HydraException as exc:
+            raise SearchSpaceError(_one_line(f"{arg!r}: {_parse_reason(exc)}")) from None
+        if override.is_sweep_override() and override.type != OverrideType.DEL:
+            space[override.get_key_element()] = override.get_value_string()
+        else:
+            fixed.append(arg)
+    return space, fixed
+
+
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` for a sampled value, written so Hydra parses back the same value."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, numbers.Integral):
+        text = str(int(value))
+    elif isinstance(value, numbers.Real):
+        text = float.__repr__(float(value))
+    elif isinstance(value, str):
+        text = value if value and _reads_back(value) else _quote(value)
+    else:
+        raise TypeError(f"{key}: cannot format {type(value).__name__} value {value!r}")
+    return f"{key}={text}"
+
+
+def _reads_back(text: str) -> bool:
+    try:
+        override = _PARSER.parse_override(f"k={text}")
+    except HydraException:
+        return False
+    return not override.is_sweep_override() and override.value() == text
+
+
+def _quote(text: str) -> str:
+    # Hydra only unescapes backslashes that precede a quote (or the closing quote).
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"

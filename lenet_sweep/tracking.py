@@ -1,0 +1,128 @@
+"""MLflow: where runs are stored, a run's lifecycle, and what each run logs. No TensorFlow here."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Iterator, Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from lenet_sweep import PROJECT_ROOT
+
+#: Keys kept out of a run's params: secrets (a URL may hold a password) and run plumbing.
+PRIVATE_KEYS = ("mlflow.tracking_uri", "mlflow.run_id")
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def tracking_uri(mlflow_cfg) -> str:
+    return mlflow_cfg.tracking_uri or default_tracking_uri()
+
+
+def mask_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ``***`` (safe for tags, logs and printed lines)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{unquote(parts.username or '')}:***@{host}"))
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go to ``mlruns/`` beside the database file, whatever the cwd;
+    a server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """Get or create the experiment (create it once, before parallel workers start)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
+    except Exception:  # created meanwhile by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """Every resolved config value under its dotted key (``optimizer.lr``, ``model.activation``)."""
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    flat = pd.json_normalize(tree, sep=".").iloc[0].to_dict()
+    return {k: str(v) for k, v in flat.items() if k not in PRIVATE_KEYS}
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object],
+               tags: Mapping[str, str] = {}) -> None:
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
+                step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (kill, a scheduler's cancel) raises SystemExit so the run below is closed KILLED."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
+             run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Create a run (or reopen ``run_id``, made by a sweeper) and always end it with the right
+    status: FINISHED, FAILED (exception, tagged ``error``) or KILLED (Ctrl-C, SIGTERM)."""
+    if run_id is None:
+        run_id = client.create_run(experiment_id(client, experiment), run_name=run_name,
+                                   tags=dict(tags or {})).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+        if tags:
+            log_params(client, run_id, {}, tags)
+    with _sigterm_as_exit():
+        try:
+            yield run_id
+        except (KeyboardInterrupt, SystemExit) as exc:
+            client.set_tag(run_id, "error", f"interrupted ({type(exc).__name__})")
+            client.set_terminated(run_id, "KILLED")
+            raise
+        except BaseException as exc:
+            client.set_tag(run_id, "error", _error_text(exc))
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
