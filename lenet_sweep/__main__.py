@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from lenet_sweep import PROJECT_ROOT  # noqa: E402
 from lenet_sweep.config import ConfigError, register, validate  # noqa: E402
 
 register()
@@ -24,7 +25,7 @@ def objective(metrics: dict[str, float], name: str) -> float:
     return float(metrics[name])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     single_run = HydraConfig.get().mode == RunMode.RUN
     try:

@@ -3,7 +3,7 @@
 - ``choice(a, b)`` or ``a,b``: CategoricalDistribution; values keep their parsed
   types (bool, int, float, str).
 - ``range(start, stop[, step])``: IntDistribution when all ints, else a stepped
-  FloatDistribution. ``stop`` is excluded, and the float grid is computed in
+  FloatDistribution. ``stop`` is excluded and the float grid is computed in
   decimal, so ``range(0, 0.9, 0.3)`` is 0, 0.3, 0.6 (Hydra's own enumeration
   leaks 0.8999999999999999). Sampled floats are ``low + k*step``.
 - ``interval(a, b)``: FloatDistribution(a, b). Hydra casts interval bounds to
@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, OverrideType, RangeSweep
@@ -35,8 +35,11 @@ from optuna.distributions import (
 _PARSER = OverridesParser.create()
 _QUOTED = re.compile(r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"")
 _UNSUPPORTED = re.compile(r"\b(shuffle|sort|glob)\s*\(")
+_PLAIN = re.compile(r"[\w./+-]+")  # strings format_override may leave unquoted
+_NOISE = re.compile(r"^\s*(\^?|Error parsing override.*|See https://.*)\s*$")
 _SCALARS = (bool, int, float, str)
 _FIX = "write choice(...), range(...), interval(...) or tag(log, ...)"
+_Fail = Callable[[str], NoReturn]
 
 
 class SearchSpaceError(ValueError):
@@ -44,13 +47,7 @@ class SearchSpaceError(ValueError):
 
 
 def _one_line(text: str) -> str:
-    return "; ".join(p.strip() for p in text.splitlines() if p.strip() not in ("", "^"))
-
-
-def _parse_reason(exc: HydraException) -> str:
-    lines = str(exc).splitlines()
-    keep = [x for x in lines if not x.startswith(("Error parsing override", "See https://"))]
-    return _one_line("\n".join(keep)) + " (see Hydra's override grammar docs)"
+    return "; ".join(x.strip() for x in text.splitlines() if not _NOISE.match(x))
 
 
 def parse_space(
@@ -61,7 +58,7 @@ def parse_space(
 
 
 def _distribution(name: str, value: Any) -> BaseDistribution:
-    text = value.strip() if isinstance(value, str) else repr(value)
+    text = value.strip() if isinstance(value, str) else value
 
     def fail(reason: str) -> NoReturn:
         raise SearchSpaceError(_one_line(f"{name}: {text!r}: {reason}"))
@@ -75,7 +72,7 @@ def _distribution(name: str, value: Any) -> BaseDistribution:
     try:
         sweep = _PARSER.parse_override(f"k={text}").value()
     except HydraException as exc:
-        fail(_parse_reason(exc))
+        fail(f"{exc}\nfix it per Hydra's override grammar")
     tags = set(getattr(sweep, "tags", None) or ())
     if tags - {"log"}:
         fail(f"unknown tag {sorted(tags - {'log'})[0]!r}; only 'log' is supported")
@@ -91,18 +88,18 @@ def _distribution(name: str, value: Any) -> BaseDistribution:
     fail(f"a fixed value must be a scalar (bool, int, float, str, null); {_FIX}")
 
 
-def _choice(values: list[Any], log: bool, fail: Callable[[str], NoReturn]) -> BaseDistribution:
+def _choice(values: list[Any], log: bool, fail: _Fail) -> BaseDistribution:
     if log:
         fail("log scale does not apply to choice(); use tag(log, interval(a, b))")
     for i, v in enumerate(values):
         if not isinstance(v, _SCALARS):
             fail(f"choice value {v!r} is not a scalar; use bool, int, float or str values")
         if v in values[:i]:
-            fail(f"duplicate choice {v!r} (1, 1.0 and true count as equal); list each once")
+            fail(f"duplicate choice value {v!r} (1, 1.0 and true count as equal); list each once")
     return CategoricalDistribution(values)
 
 
-def _range(sweep: RangeSweep, log: bool, fail: Callable[[str], NoReturn]) -> BaseDistribution:
+def _range(sweep: RangeSweep, log: bool, fail: _Fail) -> BaseDistribution:
     nums = (sweep.start, sweep.stop, sweep.step)
     if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in nums):
         fail("range start, stop and step must be finite numbers")
@@ -123,9 +120,9 @@ def _range(sweep: RangeSweep, log: bool, fail: Callable[[str], NoReturn]) -> Bas
     return FloatDistribution(float(low), float(high), step=float(abs(step)))
 
 
-def _interval(sweep: IntervalSweep, log: bool, fail: Callable[[str], NoReturn]) -> BaseDistribution:
+def _interval(sweep: IntervalSweep, log: bool, fail: _Fail) -> BaseDistribution:
     low, high = sweep.start, sweep.end
-    assert low is not None and high is not None
+    assert low is not None and high is not None  # the parser always sets both
     if not (math.isfinite(low) and math.isfinite(high)):
         fail("interval bounds must be finite numbers")
     if low >= high:
@@ -143,7 +140,7 @@ def split_overrides(arguments: list[str]) -> tuple[dict[str, str], list[str]]:
         try:
             override = _PARSER.parse_override(arg)
         except HydraException as exc:
-            raise SearchSpaceError(_one_line(f"{arg!r}: {_parse_reason(exc)}")) from None
+            raise SearchSpaceError(_one_line(f"{arg!r}: {exc}")) from None
         if override.is_sweep_override() and override.type != OverrideType.DEL:
             space[override.get_key_element()] = override.get_value_string()
         else:
@@ -162,7 +159,7 @@ def format_override(key: str, value: Any) -> str:
     elif isinstance(value, numbers.Real):
         text = float.__repr__(float(value))
     elif isinstance(value, str):
-        text = value if value and _reads_back(value) else _quote(value)
+        text = value if _PLAIN.fullmatch(value) and _reads_back(value) else _quote(value)
     else:
         raise TypeError(f"{key}: cannot format {type(value).__name__} value {value!r}")
     return f"{key}={text}"
@@ -170,14 +167,12 @@ def format_override(key: str, value: Any) -> str:
 
 def _reads_back(text: str) -> bool:
     try:
-        override = _PARSER.parse_override(f"k={text}")
+        return bool(_PARSER.parse_override(f"k={text}").value() == text)
     except HydraException:
         return False
-    return not override.is_sweep_override() and override.value() == text
 
 
 def _quote(text: str) -> str:
-    # Hydra only unescapes backslashes that precede a quote (or the closing quote).
+    # Hydra unescapes only backslashes that precede a quote (or the closing quote).
     body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
-    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
-    return f"'{body}'"
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body) + "'"

@@ -1,0 +1,81 @@
+"""The composed config and every value that must be rejected before TensorFlow loads."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from conftest import compose_cfg, run_cli
+from lenet_sweep.config import ConfigError, validate
+
+
+def test_defaults_are_the_notebook_configuration():
+    cfg = compose_cfg()
+    assert cfg.model.activation.value == "sigmoid"
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.nesterov) == (
+        "sgd", 0.9, 0.0, False)
+    assert (cfg.data.batch_size, cfg.data.validation_split, cfg.data.normalize) == (32, 0.1, False)
+    assert cfg.data.train_limit is None and cfg.objective == "val_accuracy"
+    assert cfg.trainer.epochs == 10
+    validate(cfg)
+
+
+def test_seed_experiment_is_the_notebook_exactly():
+    cfg = compose_cfg(["experiment=seed", "optimizer.lr=0.1"])
+    assert cfg.trainer.epochs == 50
+    assert cfg.optimizer.momentum == 0.0 and cfg.data.batch_size == 32
+    assert cfg.optimizer.lr == 0.1  # the command line still wins over the overlay
+
+
+def test_groups_compose():
+    cfg = compose_cfg(["optimizer=adam", "model.activation=relu", "data.batch_size=256"])
+    assert cfg.optimizer.name == "adam" and cfg.optimizer.lr == 0.001
+    assert cfg.model.activation.value == "relu" and cfg.data.batch_size == 256
+
+
+@pytest.mark.parametrize("override", [
+    "model.activation=tanh", "optimizer.lr=abc", "optimizer.lrr=1", "trainer.epochs=1.5",
+    "data.normalize=maybe",
+])
+def test_wrong_types_and_unknown_keys_fail_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg([override])
+    assert override.split("=")[0].split(".")[-1] in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optimizer.lr=0", "optimizer.lr"), ("optimizer.lr=-1", "optimizer.lr"),
+    ("optimizer.momentum=1.0", "optimizer.momentum"), ("optimizer.momentum=-0.1", "optimizer.momentum"),
+    ("trainer.epochs=0", "trainer.epochs"), ("data.batch_size=0", "data.batch_size"),
+    ("data.validation_split=0", "data.validation_split"),
+    ("data.validation_split=1.0", "data.validation_split"),
+    ("data.train_limit=3", "data.train_limit"), ("objective=val_acc", "objective"),
+])
+def test_out_of_range_values_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        validate(compose_cfg([override]))
+
+
+def test_cli_rejects_bad_value_in_one_line_before_tensorflow(tmp_path):
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+        "sys.argv = ['lenet_sweep', 'optimizer.lr=-1', f'hydra.run.dir={sys.argv[1]}/out']\n"
+        "from lenet_sweep.__main__ import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "error: optimizer.lr=-1.0 is invalid: must be > 0 (for example optimizer.lr=0.1)"]
+    assert "tensorflow imported: False" in proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_rejects_unknown_activation(tmp_path):
+    proc = run_cli(["model.activation=tanh", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"], tmp_path)
+    assert proc.returncode != 0
+    assert "model.activation" in proc.stderr and "expected one of [sigmoid, relu]" in proc.stderr
+    assert not (tmp_path / "m.db").exists()
