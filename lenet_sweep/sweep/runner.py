@@ -1,0 +1,201 @@
+"""The sweep loop: ask Optuna for trials, launch them through Hydra's launcher, tell the results;
+one MLflow parent run per invocation with a child run per trial."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from lenet_sweep import tracking
+from lenet_sweep.sweep import study as studies
+from lenet_sweep.sweep.space import SearchSpaceError, format_override, parse_space, split_overrides
+
+
+class SweepFailed(RuntimeError):
+    """The sweep cannot go on (too many failures) or ended with no completed trial."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:1000]
+
+
+class SweepRunner:
+    def __init__(self, settings: Mapping[str, Any]):
+        s = {k: getattr(v, "value", v) for k, v in settings.items()}  # enums -> their names
+        s["params"] = OmegaConf.to_container(s["params"]) if isinstance(s["params"], DictConfig) else dict(s["params"] or {})
+        self.s = s
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    # -- preparation -------------------------------------------------------------------------
+    def _space(self, arguments: list[str]):
+        cli_space, fixed = split_overrides(arguments)
+        space = parse_space(self.s["params"])
+        space.update(parse_space(cli_space, prefix=""))
+        if not space:
+            raise SearchSpaceError("hydra.sweeper.params is empty: give at least one entry, "
+                                   "e.g. 'hydra.sweeper.params.optimizer.lr=tag(log, interval(0.01, 1))'")
+        return space, fixed, {**self.s["params"], **cli_space}
+
+    def sweep(self, arguments: list[str]) -> dict[str, Any] | None:
+        s = self.s
+        try:
+            space, fixed, space_text = self._space(arguments)
+            sampler = studies.make_sampler(s["sampler"], s["seed"], space)
+            storage_url = s["storage"] or studies.default_storage()
+            study = optuna.create_study(study_name=s["study_name"], storage=studies.make_storage(storage_url),
+                                        sampler=sampler, direction=s["direction"], load_if_exists=True)
+        except (SearchSpaceError, ValueError) as exc:
+            sys.exit(f"error: {exc}")
+        for trial in studies.fail_stale_trials(study):
+            print(f"[sweep] trial {trial.number} was left RUNNING by a dead sweeper: marked FAIL")
+        if s["enqueue_seed_trial"]:
+            studies.enqueue_seed_trial(study, space)
+
+        client = MlflowClient(tracking.tracking_uri(self.config.mlflow))
+        experiment = self.config.mlflow.experiment_name
+        tracking.experiment_id(client, experiment)  # once, before any worker starts
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(storage_url),
+                "optuna.sampler": s["sampler"], "optuna.direction": s["direction"],
+                "optuna.search_space": json.dumps(space_text, default=str),
+                "sweep_dir": str(self.sweep_dir), "worker": studies.WORKER}
+        try:
+            with tracking.open_run(client, experiment, run_name=f"sweep-{s['study_name']}",
+                                   tags=tags) as parent_id:
+                self._loop(study, space, fixed, client, parent_id)
+                return self._finish(study, client, parent_id, storage_url)
+        except SweepFailed as exc:
+            sys.exit(f"error: {exc}")
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _loop(self, study, space, fixed, client: MlflowClient, parent_id: str) -> None:
+        s = self.s
+        deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
+        failures = 0
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        while (remaining := s["n_trials"] - studies.count_finished(study)) > 0:
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"[sweep] timeout of {s['timeout']} s reached: no new trial starts")
+                break
+            batch = [self._start(study, space, client, experiment_id, parent_id)
+                     for _ in range(min(s["n_jobs"], remaining))]
+            jobs = [[*(format_override(k, t.params[k]) for k in space), *fixed,
+                     f"mlflow.run_id={run_id}", f"trial_number={t.number}",
+                     f"hydra.sweep.subdir={t.number}"] for t, run_id in batch]
+            try:
+                returns = self.launcher.launch(jobs, initial_job_idx=batch[0][0].number)
+            except BaseException as exc:
+                for trial, run_id in batch:
+                    self._abandon(study, trial, run_id, client, exc)
+                raise
+            for (trial, run_id), ret in zip(batch, returns):
+                state = self._tell(study, trial, ret, client, run_id)
+                failures += state == TrialState.FAIL
+            if failures > s["max_failure_rate"] * s["n_trials"]:
+                raise SweepFailed(f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
+                                  f"{s['max_failure_rate']} of n_trials={s['n_trials']}; last reason: "
+                                  f"{study.trials[batch[-1][0].number].user_attrs.get('fail_reason')}")
+
+    def _start(self, study, space, client: MlflowClient, experiment_id: str, parent_id: str):
+        trial = study.ask(fixed_distributions=space)
+        run = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags={
+            "mlflow.parentRunId": parent_id, "optuna.study_name": study.study_name,
+            "optuna.trial_number": str(trial.number), "optuna.trial_state": "RUNNING"})
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr("worker", studies.WORKER)
+        trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
+        return trial, run.info.run_id
+
+    def _tell(self, study, trial, ret: JobReturn, client: MlflowClient, run_id: str) -> TrialState:
+        reason = None
+        if ret.status == JobStatus.COMPLETED:
+            try:
+                value = float(ret.return_value)
+            except (TypeError, ValueError):
+                value, reason = None, f"the run returned {ret.return_value!r}, not a number"
+            if value is not None and not math.isfinite(value):
+                reason = f"the objective is {value}"
+            if reason is None:
+                study.tell(trial, value)
+        elif isinstance(ret._return_value, optuna.TrialPruned):
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            reason = _one_line(ret._return_value)
+        if reason is not None:
+            studies.fail(study, trial._trial_id, reason)
+        frozen = study._storage.get_trial(trial._trial_id)
+        self._close_child(client, run_id, frozen.state, reason)
+        self._report(study, frozen)
+        return frozen.state
+
+    def _abandon(self, study, trial, run_id: str, client: MlflowClient, exc: BaseException) -> None:
+        """The launch itself was interrupted: nothing may stay RUNNING."""
+        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            studies.fail(study, trial._trial_id, f"sweep interrupted ({type(exc).__name__})")
+        self._close_child(client, run_id, TrialState.FAIL, "sweep interrupted", status="KILLED")
+
+    @staticmethod
+    def _close_child(client: MlflowClient, run_id: str, state: TrialState, reason: str | None,
+                     status: str = "FAILED") -> None:
+        client.set_tag(run_id, "optuna.trial_state", state.name)
+        if reason:
+            client.set_tag(run_id, "optuna.fail_reason", reason)
+        if client.get_run(run_id).info.status == "RUNNING":  # the job never closed it
+            client.set_terminated(run_id, status)
+
+    def _report(self, study, trial) -> None:
+        done = studies.count_finished(study)
+        value = f"value={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get(
+            "fail_reason", "")
+        try:
+            best = f"best={study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "best=none yet"
+        print(f"[sweep] trial {trial.number} ({done}/{self.s['n_trials']}) {trial.state.name} "
+              f"{value} | {best}", flush=True)
+
+    # -- results ------------------------------------------------------------------------------
+    def _finish(self, study, client: MlflowClient, parent_id: str, storage_url: str) -> dict[str, Any]:
+        table = study.trials_dataframe().rename(columns=lambda c: c.removeprefix("user_attrs_"))
+        csv = self.sweep_dir / "trials.csv"
+        table.to_csv(csv, index=False)
+        client.log_artifact(parent_id, str(csv))
+        states = table["state"].value_counts().to_dict() if len(table) else {}
+        if not states.get("COMPLETE"):
+            failed = [t for t in study.trials if t.state == TrialState.FAIL]
+            first = failed[0].user_attrs.get("fail_reason") if failed else None
+            raise SweepFailed(f"no trial completed ({', '.join(f'{v} {k}' for k, v in states.items())})"
+                              + (f"; first failure: {first}" if first else ""))
+        best = study.best_trial
+        results = {
+            "study_name": study.study_name, "storage": tracking.mask_url(storage_url),
+            "direction": self.s["direction"], "best_trial": best.number, "best_value": best.value,
+            "best_params": best.params, "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+            "output_dir": best.user_attrs.get("output_dir"), "trials": states,
+        }
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        tracking.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()},
+                            tags={"best_trial_number": best.number,
+                                  "best_trial_run_id": results["mlflow_run_id"]})
+        tracking.log_metrics(client, parent_id, {"best_value": best.value})
+        print(f"[sweep] best trial {best.number}: value={best.value:.4f} params={best.params}\n"
+              f"[sweep] mlflow run {results['mlflow_run_id']}, output {results['output_dir']}\n"
+              f"[sweep] results: {self.sweep_dir / 'optimization_results.yaml'}", flush=True)
+        return results

@@ -1,0 +1,49 @@
+"""``hydra.sweeper.*`` for ``hydra/sweeper=optuna``: the schema (types checked at compose time).
+
+The values users see and change live in ``conf/hydra/sweeper/optuna.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+SWEEPER_TARGET = "hydra_plugins.lenet_sweep_optuna.optuna_sweeper.OptunaSweeper"
+
+
+class Direction(Enum):
+    maximize = "maximize"
+    minimize = "minimize"
+
+
+class Sampler(Enum):
+    tpe = "tpe"
+    random = "random"
+    cmaes = "cmaes"
+    gp = "gp"
+    qmc = "qmc"
+    grid = "grid"
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = SWEEPER_TARGET
+    sampler: Sampler = Sampler.tpe
+    seed: Optional[int] = 42  # the sampler's seed
+    direction: Direction = Direction.maximize
+    n_trials: int = 20  # total finished trials of the study (a resumed sweep counts earlier ones)
+    n_jobs: int = 1  # trials launched at once through the Hydra launcher
+    timeout: Optional[float] = None  # seconds after which no new trial starts
+    storage: Optional[str] = None  # null: <project>/multirun/optuna.journal; or an RDB URL
+    study_name: str = "lenet_sweep"
+    max_failure_rate: float = 0.5  # stop once more than this fraction of n_trials has failed
+    enqueue_seed_trial: bool = True  # the study's first trial is the notebook's configuration
+    params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
+
+
+def register() -> None:
+    ConfigStore.instance().store(group="hydra/sweeper", name="optuna_schema", node=OptunaSweeperConf,
+                                 provider="lenet_sweep")

@@ -1,0 +1,106 @@
+"""The Optuna side of a sweep: storage, sampler, the study, its seed trial and stale trials."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from lenet_sweep import PROJECT_ROOT
+
+#: The notebook's configuration, enqueued as a study's first trial (keys not in the space are skipped).
+SEED_TRIAL = {"optimizer.lr": 0.9, "optimizer.momentum": 0.0, "optimizer.nesterov": False,
+              "model.activation": "sigmoid", "data.batch_size": 32, "data.normalize": False}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def default_storage() -> str:
+    return str(PROJECT_ROOT / "multirun" / "optuna.journal")
+
+
+def make_storage(url: str | None) -> BaseStorage:
+    """An RDB URL (``postgresql://…``, ``sqlite:///…``) or a journal file path (default)."""
+    url = url or default_storage()
+    if "://" in url:
+        return RDBStorage(url)
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url))
+
+
+def make_sampler(name: str, seed: int | None, space: Mapping[str, BaseDistribution]):
+    samplers = optuna.samplers
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed)
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return samplers.CmaEsSampler(seed=seed)
+    if name == "qmc":
+        return samplers.QMCSampler(seed=seed)
+    if name == "gp":
+        try:
+            import torch  # noqa: F401  (Optuna's GPSampler needs it)
+        except ImportError:
+            raise ValueError("hydra.sweeper.sampler=gp needs PyTorch: pip install torch") from None
+        return samplers.GPSampler(seed=seed)
+    if name == "grid":
+        bad = [k for k, d in space.items() if not isinstance(d, CategoricalDistribution)]
+        if bad:
+            raise ValueError(f"hydra.sweeper.sampler=grid needs choice(...) for every entry; "
+                             f"hydra.sweeper.params.{bad[0]} is not a choice")
+        return samplers.GridSampler({k: list(d.choices) for k, d in space.items()}, seed=seed)
+    raise ValueError(f"hydra.sweeper.sampler={name} is unknown")
+
+
+def contains(dist: BaseDistribution, value) -> bool:
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
+def enqueue_seed_trial(study: optuna.Study, space: Mapping[str, BaseDistribution]) -> None:
+    """Trial 0 of a new study: the notebook's values for the keys the space searches."""
+    if study.get_trials(deepcopy=False):
+        return
+    params = {k: v for k, v in SEED_TRIAL.items() if k in space and contains(space[k], v)}
+    if params:
+        study.enqueue_trial(params, user_attrs={"seed_trial": True}, skip_if_exists=True)
+
+
+def _dead_here(trial: FrozenTrial) -> bool:
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark FAIL the RUNNING trials whose sweeper process on this host is gone (killed sweep)."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _dead_here(t)]
+    for trial in stale:
+        fail(study, trial._trial_id, "its sweeper process died (killed or crashed)")
+    return stale
+
+
+def fail(study: optuna.Study, trial_id: int, reason: str) -> None:
+    study._storage.set_trial_user_attr(trial_id, "fail_reason", reason[:1000])
+    study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
