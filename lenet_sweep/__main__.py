@@ -13,7 +13,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from lenet_sweep import PROJECT_ROOT  # noqa: E402
-from lenet_sweep.config import ConfigError, register, validate  # noqa: E402
+from lenet_sweep.config import ConfigError, UserError, register, validate  # noqa: E402
 
 register()
 
@@ -27,20 +27,15 @@ def objective(metrics: dict[str, float], name: str) -> float:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
-    single_run = HydraConfig.get().mode == RunMode.RUN
     try:
         validate(cfg)  # before TensorFlow is imported
-        from lenet_sweep.data import DataError
-        from lenet_sweep.train import TrainingDiverged, train
+        from lenet_sweep.train import train
 
-        try:
-            return objective(train(cfg), cfg.objective)
-        except (DataError, TrainingDiverged) as exc:
-            raise ConfigError(str(exc)) from exc
-    except ConfigError as exc:
-        if single_run:  # one line, no traceback; in a sweep the trial fails and the sweep goes on
+        return objective(train(cfg), cfg.objective)
+    except UserError as exc:
+        if HydraConfig.get().mode == RunMode.RUN:  # one line, no traceback
             sys.exit(f"error: {exc}")
-        raise
+        raise  # in a sweep the trial fails with this reason and the sweep goes on
 
 
 if __name__ == "__main__":

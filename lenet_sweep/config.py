@@ -18,7 +18,11 @@ from omegaconf import MISSING, DictConfig
 OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix; its message is one line that says how."""
+
+
+class ConfigError(UserError, ValueError):
     """A config value out of its range; the message names the key and a valid example."""
 
 

@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lenet_sweep.config import UserError
+
 #: SHA-256 of the *decompressed* IDX bytes. The .gz bytes differ between sources (Debian recompressed
 #: them), the decompressed bytes are the publisher's everywhere.
 SHA256 = {
@@ -32,7 +34,7 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Missing or corrupt data; the message names the path and how to fix it."""
 
 

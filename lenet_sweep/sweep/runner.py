@@ -31,10 +31,23 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:1000]
 
 
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{optimizer: {lr: x}}`` and ``{optimizer.lr: x}`` both become ``{"optimizer.lr": x}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 class SweepRunner:
     def __init__(self, settings: Mapping[str, Any]):
         s = {k: getattr(v, "value", v) for k, v in settings.items()}  # enums -> their names
-        s["params"] = OmegaConf.to_container(s["params"]) if isinstance(s["params"], DictConfig) else dict(s["params"] or {})
+        params = s["params"]
+        params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
+        s["params"] = _dotted(params or {})
         self.s = s
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -63,14 +76,16 @@ class SweepRunner:
                                         sampler=sampler, direction=s["direction"], load_if_exists=True)
         except (SearchSpaceError, ValueError) as exc:
             sys.exit(f"error: {exc}")
+        client = MlflowClient(tracking.tracking_uri(self.config.mlflow))
         for trial in studies.fail_stale_trials(study):
             print(f"[sweep] trial {trial.number} was left RUNNING by a dead sweeper: marked FAIL")
+            if trial.user_attrs.get("mlflow_run_id"):
+                self._close_child(client, trial.user_attrs["mlflow_run_id"], TrialState.FAIL,
+                                  "its sweeper process died", status="KILLED")
         if s["enqueue_seed_trial"]:
             studies.enqueue_seed_trial(study, space)
-
-        client = MlflowClient(tracking.tracking_uri(self.config.mlflow))
         experiment = self.config.mlflow.experiment_name
-        tracking.experiment_id(client, experiment)  # once, before any worker starts
+        self._close_dead_parents(client, tracking.experiment_id(client, experiment), s["study_name"])
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(storage_url),
                 "optuna.sampler": s["sampler"], "optuna.direction": s["direction"],
@@ -150,6 +165,15 @@ class SweepRunner:
         if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             studies.fail(study, trial._trial_id, f"sweep interrupted ({type(exc).__name__})")
         self._close_child(client, run_id, TrialState.FAIL, "sweep interrupted", status="KILLED")
+
+    @staticmethod
+    def _close_dead_parents(client: MlflowClient, experiment_id: str, study_name: str) -> None:
+        """Parent runs of this study left RUNNING by a sweeper on this host that died: KILLED."""
+        for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING' and "
+                                      f"tags.`optuna.study_name` = '{study_name}'"):
+            if "mlflow.parentRunId" not in run.data.tags and studies.dead_here(run.data.tags.get("worker")):
+                client.set_tag(run.info.run_id, "error", "its sweeper process died")
+                client.set_terminated(run.info.run_id, "KILLED")
 
     @staticmethod
     def _close_child(client: MlflowClient, run_id: str, state: TrialState, reason: str | None,

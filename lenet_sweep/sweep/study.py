@@ -76,8 +76,9 @@ def enqueue_seed_trial(study: optuna.Study, space: Mapping[str, BaseDistribution
         study.enqueue_trial(params, user_attrs={"seed_trial": True}, skip_if_exists=True)
 
 
-def _dead_here(trial: FrozenTrial) -> bool:
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+def dead_here(worker: str | None) -> bool:
+    """Was ``host:pid`` a process on this host that no longer runs?"""
+    host, _, pid = str(worker or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -91,7 +92,7 @@ def _dead_here(trial: FrozenTrial) -> bool:
 
 def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Mark FAIL the RUNNING trials whose sweeper process on this host is gone (killed sweep)."""
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if _dead_here(t)]
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if dead_here(t.user_attrs.get("worker"))]
     for trial in stale:
         fail(study, trial._trial_id, "its sweeper process died (killed or crashed)")
     return stale

@@ -1,0 +1,177 @@
+"""The Optuna sweeper end to end: real subprocesses, a real journal storage and MLflow store in tmp."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.trial import TrialState
+
+from conftest import TINY, all_runs, run_cli
+from lenet_sweep.sweep.runner import SweepRunner
+
+
+def sweep_args(tmp_path, *extra, n_trials=3):
+    return ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", *TINY,
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"hydra.sweeper.storage={tmp_path}/optuna.journal", f"hydra.sweep.dir={tmp_path}/multirun",
+            *extra]
+
+
+def load(tmp_path, name="lenet_sweep"):
+    from lenet_sweep.sweep.study import make_storage
+    return optuna.load_study(study_name=name, storage=make_storage(f"{tmp_path}/optuna.journal"))
+
+
+def parents_and_children(client):
+    runs = all_runs(client)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_three_trial_sweep_then_resume_adds_exactly_one(tmp_path, client):
+    proc = run_cli(sweep_args(tmp_path), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert study.trials[0].params == {"optimizer.lr": 0.9, "optimizer.momentum": 0.0,
+                                      "optimizer.nesterov": False, "model.activation": "sigmoid"}
+    assert "[sweep] trial 2 (3/3) COMPLETE" in proc.stdout
+
+    [parent], children = parents_and_children(client)
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study_name"] == "lenet_sweep"
+    assert sorted(c.info.run_name for c in children) == ["trial-0", "trial-1", "trial-2"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["optuna.trial_state"] == "COMPLETE" and child.info.status == "FINISHED"
+        number = int(child.data.tags["optuna.trial_number"])
+        assert float(child.data.params["optimizer.lr"]) == study.trials[number].params["optimizer.lr"]
+        assert child.data.metrics["val_accuracy"] == pytest.approx(study.trials[number].value)
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best_trial_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+    assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    assert results["best_trial"] == study.best_trial.number
+    assert results["best_value"] == pytest.approx(study.best_value)
+    assert results["best_params"] == study.best_params
+    assert results["output_dir"] == str(tmp_path / "multirun" / str(study.best_trial.number))
+    assert results["mlflow_run_id"] == parent.data.tags["best_trial_run_id"]
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == ["0", "1", "2"]
+
+    proc = run_cli(sweep_args(tmp_path, n_trials=4), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]  # completed trials were not re-run
+    parents, children = parents_and_children(client)
+    assert len(parents) == 2 and len(children) == 4
+    assert {p.data.tags["optuna.study_name"] for p in parents} == {"lenet_sweep"}
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+
+
+def test_failing_and_diverging_trials_are_fail_and_the_sweep_completes(tmp_path, client):
+    proc = run_cli(sweep_args(
+        tmp_path, "hydra.sweeper.sampler=grid", "hydra.sweeper.enqueue_seed_trial=false",
+        "hydra.sweeper.max_failure_rate=1.0", "data.normalize=true",
+        "optimizer.lr=choice(0.01,100000.0)", "optimizer.momentum=choice(0.0)",
+        "optimizer.nesterov=choice(false)", "model.activation=choice(relu)",
+        "model.kernel_size=choice(5,30)", n_trials=4), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    by_params = {(t.params["optimizer.lr"], t.params["model.kernel_size"]): t for t in study.trials}
+    assert by_params[(0.01, 5)].state == TrialState.COMPLETE
+    diverged = by_params[(100000.0, 5)]
+    assert diverged.state == TrialState.FAIL and "TrainingDiverged" in diverged.user_attrs["fail_reason"]
+    for lr in (0.01, 100000.0):
+        assert by_params[(lr, 30)].state == TrialState.FAIL and by_params[(lr, 30)].user_attrs["fail_reason"]
+    [parent], children = parents_and_children(client)
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.tags["optuna.trial_state"] for c in children) == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
+    assert all(c.info.status in ("FINISHED", "FAILED") for c in children)
+    assert {c.info.status for c in children if c.data.tags["optuna.trial_state"] == "FAIL"} == {"FAILED"}
+
+
+def test_no_completed_trial_ends_with_a_clear_message(tmp_path, client):
+    proc = run_cli(sweep_args(tmp_path, "model.kernel_size=choice(30)",
+                              "hydra.sweeper.max_failure_rate=1.0", n_trials=2), tmp_path)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no trial completed (2 FAIL)") and "No trials are completed yet" not in proc.stderr
+    [parent], _ = parents_and_children(client)
+    assert parent.info.status == "FAILED"
+
+
+def test_too_many_failures_stop_the_sweep(tmp_path, client):
+    proc = run_cli(sweep_args(tmp_path, "model.kernel_size=choice(30)",
+                              "hydra.sweeper.max_failure_rate=0.2", n_trials=5), tmp_path)
+    assert proc.returncode != 0
+    assert "error: 2 trials failed, more than hydra.sweeper.max_failure_rate=0.2" in proc.stderr
+    assert len(load(tmp_path).trials) == 2
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ("optimizer.lr=interval(1.0,0.5)", "optimizer.lr: 'interval(1.0,0.5)': lower bound"),
+    ("hydra.sweeper.params.optimizer.lr='interval(1.0,0.5)'",
+     "hydra.sweeper.params.optimizer.lr: 'interval(1.0,0.5)': lower bound"),
+    ("hydra.sweeper.params.model.activation='shuffle(relu,sigmoid)'", "hydra.sweeper.params.model.activation"),
+    ("hydra.sweeper.sampler=grid", "hydra.sweeper.sampler=grid needs choice"),
+])
+def test_bad_search_space_fails_before_any_trial(tmp_path, entry, fragment):
+    proc = run_cli(sweep_args(tmp_path, entry), tmp_path)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_killed_sweep_leaves_no_running_trial_after_resume(tmp_path, client):
+    args = sweep_args(tmp_path, "trainer.epochs=50", "data.train_limit=2000", n_trials=1)
+    proc = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # wait until the trial trains (its first epoch is logged)
+            runs = [r for r in all_runs(client) if "mlflow.parentRunId" in r.data.tags]
+            if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the trial never started")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert load(tmp_path).trials[0].state == TrialState.RUNNING
+
+    proc = run_cli(sweep_args(tmp_path, n_trials=2), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trial 0 was left RUNNING by a dead sweeper: marked FAIL" in proc.stdout
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    killed = [r for r in all_runs(client) if r.info.run_name == "trial-0"][0]
+    assert killed.info.status == "KILLED" and killed.data.tags["optuna.trial_state"] == "FAIL"
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+
+
+def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
+    from lenet_sweep.sweep.study import make_storage
+
+    study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "j.journal")))
+    runner = SweepRunner({"n_trials": 3, "params": {}})
+    exp = client.create_experiment("e")
+    for value, reason in [(math.nan, "the objective is nan"), (math.inf, "the objective is inf"),
+                          ("high", "the run returned 'high', not a number")]:
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        run_id = client.create_run(exp).info.run_id
+        ret = JobReturn(status=JobStatus.COMPLETED, _return_value=value)
+        assert runner._tell(study, trial, ret, client, run_id) == TrialState.FAIL
+        frozen = study.trials[trial.number]
+        assert frozen.user_attrs["fail_reason"] == reason
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED" and run.data.tags["optuna.fail_reason"] == reason
