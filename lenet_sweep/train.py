@@ -53,6 +53,26 @@ def make_optimizer(opt_cfg) -> keras.optimizers.Optimizer:
     raise ValueError(f"optimizer.name={opt_cfg.name} is unknown: use optimizer=sgd or optimizer=adam")
 
 
+def log_figures(client: MlflowClient, run_id: str, model, test_ds, splits: data.Splits,
+                history: list[dict[str, float]]) -> None:
+    """Artifacts ``figures/`` (curves, confusion matrix, misclassified images) and metrics
+    ``test_accuracy_<class>``, from one prediction pass over the test set. Pictures never fail a run."""
+    start = time.perf_counter()
+    try:
+        from lenet_sweep import figures
+
+        y_pred = model.predict(test_ds, verbose=0).argmax(axis=-1)
+        with tempfile.TemporaryDirectory() as tmp:
+            per_class = figures.write_run_figures(Path(tmp), history, splits.y_test, y_pred,
+                                                  splits.x_test)
+            client.log_artifacts(run_id, tmp, "figures")
+        metrics = {f"test_accuracy_{figures.slug(k)}": v for k, v in per_class.items()}
+        metrics["figures_seconds"] = time.perf_counter() - start
+        tracking.log_metrics(client, run_id, metrics, step=len(history) - 1)
+    except Exception as exc:  # a picture is not worth a failed run
+        print(f"warning: run figures not written: {type(exc).__name__}: {exc}")
+
+
 def _hydra_dir() -> tuple[Path | None, str]:
     """Hydra's output folder and the overrides of this job, when run under Hydra."""
     from hydra.core.hydra_config import HydraConfig
@@ -96,6 +116,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         metrics = {**logger.history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
         tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
                              step=len(logger.history) - 1)
+        log_figures(client, run_id, model, test_ds, splits, logger.history)
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "lenet.weights.h5"
             model.save_weights(weights)
