@@ -201,6 +201,9 @@ class SweepRunner:
         csv = self.sweep_dir / "trials.csv"
         table.to_csv(csv, index=False)
         client.log_artifact(parent_id, str(csv))
+        from lenet_sweep.report import write_sweep_report  # ranked table + plots; never raises
+
+        write_sweep_report(study, client, parent_id, self.sweep_dir)
         states = table["state"].value_counts().to_dict() if len(table) else {}
         if not states.get("COMPLETE"):
             failed = [t for t in study.trials if t.state == TrialState.FAIL]
