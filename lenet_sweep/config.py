@@ -80,6 +80,9 @@ class DataConfig:
 class TrainerConfig:
     epochs: int = 10
     verbose: int = 1  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
+    fast: bool = True  # in-graph training loop over in-memory tensors; false: Keras fit on tf.data
+    steps_per_execution: int = 100  # batches per compiled call; batch callbacks/progress bar update this often
+    jit_compile: bool = False  # XLA; slower than oneDNN for LeNet on CPU (see README, Training speed)
 
 
 @dataclass
@@ -124,6 +127,8 @@ def validate(cfg: DictConfig) -> None:
         m = opt.momentum
         _check(0 <= m < 1, "optimizer.momentum", m, "must be in [0, 1)", "0.9")
     _check(cfg.trainer.epochs >= 1, "trainer.epochs", cfg.trainer.epochs, "must be >= 1", "10")
+    spe = cfg.trainer.steps_per_execution
+    _check(spe >= 1, "trainer.steps_per_execution", spe, "must be >= 1", "100")
     _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be >= 1", "32")
     vs = data.validation_split
     _check(0 < vs < 1, "data.validation_split", vs, "must be in (0, 1)", "0.1")

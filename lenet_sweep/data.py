@@ -136,7 +136,9 @@ def load(data_cfg) -> Splits:
 
 
 def to_datasets(splits: Splits, batch_size: int, seed: int):
-    """tf.data pipelines: cached in memory, reshuffled every epoch (as fit's shuffle=True)."""
+    """tf.data pipelines for ``fit`` (``trainer.fast=false``): the arrays are held once in memory
+    (``from_tensor_slices`` + ``cache``), reshuffled every epoch (as fit's shuffle=True), batched and
+    prefetched."""
     import tensorflow as tf
 
     train = (tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).cache()
@@ -144,6 +146,20 @@ def to_datasets(splits: Splits, batch_size: int, seed: int):
              .batch(batch_size).prefetch(tf.data.AUTOTUNE))
     val = (tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).cache()
            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    test = (tf.data.Dataset.from_tensor_slices((splits.x_test, splits.y_test))
+    return train, val, make_test_dataset(splits, batch_size)
+
+
+def make_test_dataset(splits: Splits, batch_size: int):
+    import tensorflow as tf
+
+    return (tf.data.Dataset.from_tensor_slices((splits.x_test, splits.y_test))
             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    return train, val, test
+
+
+def to_tensors(splits: Splits) -> Splits:
+    """The splits as TensorFlow tensors, held once in memory, for the in-graph trainer
+    (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`), which shuffles and batches by index."""
+    import tensorflow as tf
+
+    return Splits(*(tf.convert_to_tensor(a) for a in (
+        splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test, splits.y_test)))

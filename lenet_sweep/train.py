@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -22,12 +23,19 @@ class TrainingDiverged(UserError, RuntimeError):
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics to MLflow (step = epoch), with epoch time and throughput; stops on NaN."""
+    """Per-epoch metrics to MLflow (step = epoch), with epoch time and throughput; stops on NaN.
+
+    The MLflow call runs in a background thread, off the training loop's path; ``close`` waits for
+    it (``train`` calls it before anything else goes to the run). ``log_seconds`` is the time spent
+    in those calls."""
 
     def __init__(self, client: MlflowClient, run_id: str, samples: int):
         super().__init__()
         self.client, self.run_id, self.samples = client, run_id, samples
         self.history: list[dict[str, float]] = []
+        self.log_seconds = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-epoch-log")
+        self._pending: list[Future] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -37,10 +45,26 @@ class EpochLogger(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics.update(epoch_seconds=seconds, samples_per_second=self.samples / seconds)
         self.history.append(metrics)
-        tracking.log_metrics(self.client, self.run_id, metrics, step=epoch)
+        self._pending.append(self._pool.submit(self._log, metrics, epoch))
         if not math.isfinite(metrics.get("loss", 0.0)):
+            self.close()
             raise TrainingDiverged(f"loss is {metrics['loss']} after epoch {epoch}: training diverged"
                                    " (lower optimizer.lr)")
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        start = time.perf_counter()
+        tracking.log_metrics(self.client, self.run_id, metrics, step=step)
+        self.log_seconds += time.perf_counter() - start
+
+    def close(self, quiet: bool = False) -> None:
+        """Wait for every pending MLflow call; re-raise the first failure unless ``quiet``."""
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending]
+        self._pool.shutdown(wait=True)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-epoch-log")
+        first = next((e for e in errors if e is not None), None)
+        if first is not None and not quiet:
+            raise first
 
 
 def make_optimizer(opt_cfg) -> keras.optimizers.Optimizer:
@@ -73,6 +97,25 @@ def log_figures(client: MlflowClient, run_id: str, model, test_ds, splits: data.
         print(f"warning: run figures not written: {type(exc).__name__}: {exc}")
 
 
+def _fit_and_test(model: keras.Model, cfg: DictConfig, data_, callbacks) -> dict[str, float]:
+    """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
+    (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data."""
+    tc = cfg.trainer
+    if tc.fast:
+        from lenet_sweep import fast_fit
+
+        _, trainer = fast_fit.fit(model, data_.x_train, data_.y_train, batch_size=cfg.data.batch_size,
+                                  epochs=tc.epochs, seed=cfg.seed,
+                                  validation_data=(data_.x_val, data_.y_val), callbacks=callbacks,
+                                  verbose=tc.verbose, steps_per_execution=tc.steps_per_execution,
+                                  jit_compile=tc.jit_compile)
+        return trainer.evaluate(data_.x_test, data_.y_test)
+    train_ds, val_ds, test_ds = data_
+    model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, callbacks=callbacks,
+              verbose=tc.verbose, shuffle=False)  # the tf.data pipeline reshuffles every epoch
+    return {k: float(v) for k, v in model.evaluate(test_ds, return_dict=True, verbose=0).items()}
+
+
 def _hydra_dir() -> tuple[Path | None, str]:
     """Hydra's output folder and the overrides of this job, when run under Hydra."""
     from hydra.core.hydra_config import HydraConfig
@@ -92,10 +135,16 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     splits = data.load(cfg.data)  # missing/corrupt data fails here, before any MLflow run exists
     device = devices.configure()
     keras.utils.set_random_seed(cfg.seed)
-    train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
+    tc = cfg.trainer
+    if tc.fast:  # in-graph loop over tensors (lenet_sweep.fast_fit); the test set as tf.data for predict
+        tensors, test_ds = data.to_tensors(splits), data.make_test_dataset(splits, cfg.data.batch_size)
+    else:  # Keras fit on the tf.data pipelines
+        train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
     model = build_lenet(cfg.model)
+    steps = -(-len(splits.x_train) // cfg.data.batch_size)  # no more than an epoch per call
     model.compile(optimizer=make_optimizer(cfg.optimizer),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=tc.jit_compile, steps_per_execution=min(tc.steps_per_execution, steps))
     summary = format_shape_table(model)
     print(summary)
 
@@ -109,10 +158,13 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         client.log_text(run_id, summary, "model_summary.txt")
         client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         logger = EpochLogger(client, run_id, len(splits.x_train))
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs,
-                  callbacks=[logger, *callbacks], verbose=cfg.trainer.verbose,
-                  shuffle=False)  # the tf.data pipeline reshuffles every epoch
-        test = model.evaluate(test_ds, return_dict=True, verbose=0)
+        try:
+            test = _fit_and_test(model, cfg, tensors if tc.fast else (train_ds, val_ds, test_ds),
+                                 [logger, *callbacks])
+        except BaseException:
+            logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
+            raise
+        logger.close()
         metrics = {**logger.history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
         tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
                              step=len(logger.history) - 1)
