@@ -31,7 +31,14 @@ def main(cfg: DictConfig) -> float:
         validate(cfg)  # before TensorFlow is imported
         from lenet_sweep.train import train
 
-        return objective(train(cfg), cfg.objective)
+        if cfg.trial_number is None:
+            return objective(train(cfg), cfg.objective)
+        from lenet_sweep.sweep.pruning import trial_callback  # a trial of our Optuna sweeper
+
+        pruning = trial_callback(cfg, HydraConfig.get().sweeper)
+        metrics = train(cfg, callbacks=[pruning])
+        pruning.raise_if_pruned()  # after the run is recorded; the sweeper tells Optuna PRUNED
+        return objective(metrics, cfg.objective)
     except UserError as exc:
         if HydraConfig.get().mode == RunMode.RUN:  # one line, no traceback
             sys.exit(f"error: {exc}")

@@ -1,12 +1,79 @@
-"""Which device a run trains on. ``configure`` is called once per process, before any model."""
+"""Device placement of concurrent trials, and per-process device set-up.
+
+``placement`` is a pure function (visible GPUs, worker slot -> environment); ``visible_gpus`` asks
+``nvidia-smi`` so the sweeper never imports TensorFlow; ``configure`` runs in the training process.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+THREADS_ENV = "LENET_SWEEP_THREADS"  # intra-op threads for this process (set per worker slot)
+DEVICE_ENV = "LENET_SWEEP_DEVICE"  # what the worker slot was given, recorded in each MLflow run
+
+
+@dataclass(frozen=True)
+class Placement:
+    env: dict[str, str]
+    description: str
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def default_n_jobs(gpus: list[str], cpus: int) -> int:
+    """One trial per GPU; without GPUs, one trial per two cores (LeNet gains little from more
+    threads, and each trial gets its own)."""
+    return len(gpus) if gpus else max(1, cpus // 2)
+
+
+def placement(slot: int, n_workers: int, gpus: list[str], cpus: int) -> Placement:
+    """The environment of worker ``slot`` (0-based) out of ``n_workers`` running at once.
+
+    With GPUs, slot k gets GPU k (round-robin when there are more workers than GPUs) and only that
+    one is visible to it; CPU threads are split between the workers either way.
+    """
+    threads = max(1, cpus // max(1, n_workers))
+    env = {THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
+    if gpus:
+        gpu = gpus[slot % len(gpus)]
+        shared = "" if n_workers <= len(gpus) else f", shared by {n_workers} workers"
+        env.update(CUDA_VISIBLE_DEVICES=gpu)
+        desc = f"GPU {gpu} (worker {slot}{shared})"
+    else:
+        env.update(CUDA_VISIBLE_DEVICES="-1")  # no GPU: never probe one
+        desc = f"CPU, {threads} threads (worker {slot} of {n_workers})"
+    env[DEVICE_ENV] = desc
+    return Placement(env, desc)
+
 
 def configure() -> str:
-    """Turn on memory growth for every visible GPU (as the notebook does); describe the device."""
+    """Apply this process's thread budget, turn on memory growth for every visible GPU (as the
+    notebook does), and describe the device."""
     import tensorflow as tf
 
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
+        except RuntimeError:  # already initialised by an earlier run in this worker: same values
+            pass
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
@@ -15,5 +82,8 @@ def configure() -> str:
             pass
     if gpus:
         print("GPUs: " + ", ".join(g.name for g in gpus))
+    if os.environ.get(DEVICE_ENV):
+        return os.environ[DEVICE_ENV]
+    if gpus:
         return ",".join(g.name.replace("/physical_device:", "") for g in gpus)
-    return f"CPU (intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'all'})"
+    return f"CPU ({tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads)"

@@ -175,3 +175,11 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
         assert frozen.user_attrs["fail_reason"] == reason
         run = client.get_run(run_id)
         assert run.info.status == "FAILED" and run.data.tags["optuna.fail_reason"] == reason
+
+
+def test_command_line_fixes_or_sweeps_keys_of_the_config_space():
+    runner = SweepRunner({"params": {"optimizer": {"lr": "interval(0.01, 1.0)", "momentum": "interval(0, 0.9)"}}})
+    space, fixed, _ = runner._space(["optimizer.lr=0.3", "trainer.epochs=1", "trainer.epochs=choice(1,12)"])
+    assert set(space) == {"optimizer.momentum", "trainer.epochs"}  # lr is fixed by the command line
+    assert space["trainer.epochs"].choices == (1, 12)  # a sweep wins over a fixed value of its key
+    assert fixed == ["optimizer.lr=0.3"]

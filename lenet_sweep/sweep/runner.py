@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,9 +19,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from lenet_sweep import tracking
+from lenet_sweep import devices, tracking
 from lenet_sweep.sweep import study as studies
-from lenet_sweep.sweep.space import SearchSpaceError, format_override, parse_space, split_overrides
+from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override_key, parse_space,
+                                     split_overrides)
 
 
 class SweepFailed(RuntimeError):
@@ -42,6 +45,30 @@ def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class BatchLauncher:
+    """A Hydra launcher without ``submit`` (basic, joblib, submitit): jobs collect into a batch that
+    ``flush`` launches and waits for as a whole."""
+
+    def __init__(self, launcher):
+        self.launcher = launcher
+        self.pending: list[tuple[Future, list[str], int]] = []
+
+    def submit(self, overrides: list[str], idx: int) -> Future:
+        future: Future = Future()
+        self.pending.append((future, overrides, idx))
+        return future
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if batch:
+            returns = self.launcher.launch([o for _, o, _ in batch], initial_job_idx=batch[0][2])
+            for (future, _, _), ret in zip(batch, returns):
+                future.set_result(ret)
+
+    def shutdown(self, kill: bool = False) -> None:
+        self.pending = []
+
+
 class SweepRunner:
     def __init__(self, settings: Mapping[str, Any]):
         s = {k: getattr(v, "value", v) for k, v in settings.items()}  # enums -> their names
@@ -52,14 +79,25 @@ class SweepRunner:
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(
+        launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        self.n_jobs = self.s["n_jobs"] or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
+        if hasattr(launcher, "submit"):  # lenet_pool: asynchronous, one worker per slot
+            launcher.start(self.n_jobs)
+            self.launcher = launcher
+        else:  # any other Hydra launcher runs batches of n_jobs
+            self.launcher = BatchLauncher(launcher)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     # -- preparation -------------------------------------------------------------------------
     def _space(self, arguments: list[str]):
+        """The search space: config entries, less keys fixed on the command line, plus command-line
+        sweeps (which win over a fixed value of the same key)."""
         cli_space, fixed = split_overrides(arguments)
-        space = parse_space(self.s["params"])
+        cli_keys = {k.lstrip("+") for k in cli_space}
+        fixed = [f for f in fixed if override_key(f) not in cli_keys]
+        fixed_keys = {override_key(f) for f in fixed}
+        space = parse_space({k: v for k, v in self.s["params"].items() if k not in fixed_keys})
         space.update(parse_space(cli_space, prefix=""))
         if not space:
             raise SearchSpaceError("hydra.sweeper.params is empty: give at least one entry, "
@@ -101,32 +139,52 @@ class SweepRunner:
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed, client: MlflowClient, parent_id: str) -> None:
-        s = self.s
+        """Keep ``n_jobs`` trials running; start the next one as soon as any finishes."""
+        s, launcher = self.s, self.launcher
         deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
-        failures = 0
         experiment_id = client.get_run(parent_id).info.experiment_id
-        while (remaining := s["n_trials"] - studies.count_finished(study)) > 0:
-            if deadline is not None and time.monotonic() > deadline:
-                print(f"[sweep] timeout of {s['timeout']} s reached: no new trial starts")
-                break
-            batch = [self._start(study, space, client, experiment_id, parent_id)
-                     for _ in range(min(s["n_jobs"], remaining))]
-            jobs = [[*(format_override(k, t.params[k]) for k in space), *fixed,
-                     f"mlflow.run_id={run_id}", f"trial_number={t.number}",
-                     f"hydra.sweep.subdir={t.number}"] for t, run_id in batch]
-            try:
-                returns = self.launcher.launch(jobs, initial_job_idx=batch[0][0].number)
-            except BaseException as exc:
-                for trial, run_id in batch:
-                    self._abandon(study, trial, run_id, client, exc)
-                raise
-            for (trial, run_id), ret in zip(batch, returns):
-                state = self._tell(study, trial, ret, client, run_id)
-                failures += state == TrialState.FAIL
-            if failures > s["max_failure_rate"] * s["n_trials"]:
-                raise SweepFailed(f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
-                                  f"{s['max_failure_rate']} of n_trials={s['n_trials']}; last reason: "
-                                  f"{study.trials[batch[-1][0].number].user_attrs.get('fail_reason')}")
+        running: dict[Future, tuple[optuna.Trial, str]] = {}
+        failures = 0
+        try:
+            while True:
+                while len(running) < self.n_jobs and self._may_start(study, len(running), deadline):
+                    trial, run_id = self._start(study, space, client, experiment_id, parent_id)
+                    running[launcher.submit(self._overrides(trial, run_id, space, fixed),
+                                            trial.number)] = (trial, run_id)
+                launcher.flush()
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    trial, run_id = running.pop(future)
+                    failures += self._tell(study, trial, future.result(), client, run_id) == TrialState.FAIL
+                    if failures > s["max_failure_rate"] * s["n_trials"]:
+                        raise SweepFailed(
+                            f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
+                            f"{s['max_failure_rate']} of n_trials={s['n_trials']}; last reason: "
+                            f"{study.trials[trial.number].user_attrs.get('fail_reason')}")
+        except BaseException as exc:
+            launcher.shutdown(kill=True)
+            for trial, run_id in running.values():
+                self._abandon(study, trial, run_id, client, exc)
+            raise
+        finally:
+            launcher.shutdown()
+
+    def _may_start(self, study, n_running: int, deadline: float | None) -> bool:
+        if studies.count_finished(study) + n_running >= self.s["n_trials"]:
+            return False
+        if deadline is not None and time.monotonic() > deadline:
+            if not getattr(self, "timed_out", False):
+                print(f"[sweep] timeout of {self.s['timeout']} s reached: no new trial starts")
+                self.timed_out = True
+            return False
+        return True
+
+    def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
+        return [*(format_override(k, trial.params[k]) for k in space), *fixed,
+                f"mlflow.run_id={run_id}", f"trial_number={trial.number}",
+                f"hydra.sweep.subdir={trial.number}"]
 
     def _start(self, study, space, client: MlflowClient, experiment_id: str, parent_id: str):
         trial = study.ask(fixed_distributions=space)
@@ -156,6 +214,8 @@ class SweepRunner:
         if reason is not None:
             studies.fail(study, trial._trial_id, reason)
         frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.PRUNED and frozen.intermediate_values:
+            client.set_tag(run_id, "optuna.pruned_at_epoch", max(frozen.intermediate_values))
         self._close_child(client, run_id, frozen.state, reason)
         self._report(study, frozen)
         return frozen.state

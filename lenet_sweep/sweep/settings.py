@@ -28,6 +28,25 @@ class Sampler(Enum):
     grid = "grid"
 
 
+class PrunerName(Enum):
+    median = "median"
+    hyperband = "hyperband"
+    successive_halving = "successive_halving"
+    threshold = "threshold"
+    none = "none"
+
+
+@dataclass
+class PrunerConf:
+    name: PrunerName = PrunerName.median
+    n_startup_trials: int = 5  # median: trials that finish before any is pruned
+    n_warmup_steps: int = 1  # median: epochs a trial runs before it can be pruned
+    min_resource: int = 1  # hyperband / successive_halving: epochs before the first rung
+    reduction_factor: int = 3  # hyperband / successive_halving
+    lower: Optional[float] = None  # threshold: prune when the epoch's value is below this
+    upper: Optional[float] = None  # threshold: prune when the epoch's value is above this
+
+
 @dataclass
 class OptunaSweeperConf:
     _target_: str = SWEEPER_TARGET
@@ -35,12 +54,13 @@ class OptunaSweeperConf:
     seed: Optional[int] = 42  # the sampler's seed
     direction: Direction = Direction.maximize
     n_trials: int = 20  # total finished trials of the study (a resumed sweep counts earlier ones)
-    n_jobs: int = 1  # trials launched at once through the Hydra launcher
+    n_jobs: Optional[int] = None  # trials at once; null: one per GPU, else one per 2 CPU cores
     timeout: Optional[float] = None  # seconds after which no new trial starts
     storage: Optional[str] = None  # null: <project>/multirun/optuna.journal; or an RDB URL
     study_name: str = "lenet_sweep"
     max_failure_rate: float = 0.5  # stop once more than this fraction of n_trials has failed
     enqueue_seed_trial: bool = True  # the study's first trial is the notebook's configuration
+    pruner: PrunerConf = field(default_factory=PrunerConf)
     params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
 
 

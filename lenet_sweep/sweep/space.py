@@ -148,6 +148,11 @@ def split_overrides(arguments: list[str]) -> tuple[dict[str, str], list[str]]:
     return space, fixed
 
 
+def override_key(text: str) -> str:
+    """The config key an override sets (``+a.b=1`` -> ``a.b``)."""
+    return _PARSER.parse_override(text).key_or_group
+
+
 def format_override(key: str, value: Any) -> str:
     """``key=value`` for a sampled value, written so Hydra parses back the same value."""
     if value is None:

@@ -1,0 +1,66 @@
+"""``hydra/launcher=lenet_pool``: long-lived, device-pinned worker processes (lenet_sweep.sweep.pool).
+
+``launch`` runs a batch (Hydra's Launcher API); ``submit`` runs one job and returns a future, which the
+lenet_sweep Optuna sweeper uses to start a trial as soon as any worker is free.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class PoolLauncherConf:
+    _target_: str = "hydra_plugins.lenet_sweep_optuna.pool_launcher.PoolLauncher"
+    n_workers: Optional[int] = None  # null: the sweeper's n_jobs
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=PoolLauncherConf,
+                             provider="lenet_sweep")
+
+
+class PoolLauncher(Launcher):
+    def __init__(self, n_workers: Optional[int] = None) -> None:
+        self.n_workers = n_workers
+        self.pool = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def start(self, n_workers: int):
+        from lenet_sweep.sweep.pool import WorkerPool
+
+        if self.pool is None:
+            self.pool = WorkerPool(self.n_workers or n_workers)
+        return self.pool
+
+    def submit(self, overrides: Sequence[str], idx: int):
+        context = (self.hydra_context, self.config, self.task_function, Singleton.get_state())
+        return self.start(1).submit(context, overrides, idx)
+
+    def flush(self) -> None:
+        """Jobs start on submit; nothing is held back."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from concurrent.futures import wait
+
+        pool = self.start(len(job_overrides))
+        returns = []
+        for start in range(0, len(job_overrides), pool.n_workers):
+            chunk = job_overrides[start:start + pool.n_workers]
+            futures = [self.submit(o, initial_job_idx + start + i) for i, o in enumerate(chunk)]
+            wait(futures)
+            returns += [f.result() for f in futures]
+        return returns
+
+    def shutdown(self, kill: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(kill=kill)
+            self.pool = None

@@ -1,0 +1,110 @@
+"""Long-lived worker processes that run Hydra jobs, one trial at a time each, with no batch barrier.
+
+Each worker slot is a one-process ``ProcessPoolExecutor`` (spawned, so no TensorFlow or CUDA state is
+inherited), started with its device placement in the environment, and kept for the whole sweep so
+TensorFlow is imported once per worker, not once per trial. ``submit`` returns a future as soon as a
+slot is free; the sweeper waits for the first one to finish and starts the next trial there.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Sequence
+
+import cloudpickle
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus
+
+from lenet_sweep import devices
+
+
+def _init_worker(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def _run_job(payload: bytes) -> bytes:
+    """In the worker: compose the job's config and run it as Hydra's launchers do."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import run_job, setup_globals
+    from omegaconf import open_dict
+
+    hydra_context, config, task_function, singleton_state, overrides, idx = cloudpickle.loads(payload)
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    try:
+        return cloudpickle.dumps(ret)
+    except Exception:  # an exception that does not pickle: keep its text
+        exc = ret._return_value
+        ret._return_value = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return cloudpickle.dumps(ret)
+
+
+def _result(future: Future, overrides: Sequence[str]) -> JobReturn:
+    try:
+        return cloudpickle.loads(future.result())
+    except BrokenProcessPool:
+        error: BaseException = RuntimeError("the worker process died (killed or out of memory)")
+    except BaseException as exc:  # noqa: BLE001 - reported as the job's failure
+        error = exc
+    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
+
+
+class WorkerPool:
+    def __init__(self, n_workers: int, gpus: list[str] | None = None, cpus: int | None = None):
+        self.n_workers = n_workers
+        self.gpus = devices.visible_gpus() if gpus is None else gpus
+        self.cpus = cpus or os.cpu_count() or 1
+        self.slots: list[ProcessPoolExecutor | None] = [None] * n_workers
+        self.busy: dict[int, Future] = {}
+
+    def placements(self) -> list[devices.Placement]:
+        return [devices.placement(s, self.n_workers, self.gpus, self.cpus) for s in range(self.n_workers)]
+
+    def free_slot(self) -> int | None:
+        return next((s for s in range(self.n_workers) if s not in self.busy), None)
+
+    def _executor(self, slot: int) -> ProcessPoolExecutor:
+        executor = self.slots[slot]
+        if executor is None or getattr(executor, "_broken", False):
+            env = devices.placement(slot, self.n_workers, self.gpus, self.cpus).env
+            executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_init_worker, initargs=(env,))
+            self.slots[slot] = executor
+        return executor
+
+    def submit(self, context: tuple[Any, ...], overrides: Sequence[str], idx: int) -> Future:
+        """Run one job on a free slot; the future's result is its ``JobReturn`` (never raises)."""
+        slot = self.free_slot()
+        if slot is None:
+            raise RuntimeError("no free worker slot")
+        payload = cloudpickle.dumps((*context, list(overrides), idx))
+        inner = self._executor(slot).submit(_run_job, payload)
+        outer: Future = Future()
+        self.busy[slot] = outer
+
+        def done(f: Future) -> None:
+            self.busy.pop(slot, None)
+            outer.set_result(_result(f, overrides))
+
+        inner.add_done_callback(done)
+        return outer
+
+    def shutdown(self, kill: bool = False) -> None:
+        for executor in self.slots:
+            if executor is None:
+                continue
+            if kill:
+                for process in list((executor._processes or {}).values()):
+                    process.terminate()  # SIGTERM: the job closes its MLflow run as KILLED
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.slots = [None] * self.n_workers
