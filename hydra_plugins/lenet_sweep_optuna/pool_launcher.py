@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 class PoolLauncherConf:
     _target_: str = "hydra_plugins.lenet_sweep_optuna.pool_launcher.PoolLauncher"
     n_workers: Optional[int] = None  # null: the sweeper's n_jobs
+    asynchronous: bool = True  # false: the sweeper launches batches and waits for each (a baseline)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=PoolLauncherConf,
@@ -26,8 +27,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=Poo
 
 
 class PoolLauncher(Launcher):
-    def __init__(self, n_workers: Optional[int] = None) -> None:
-        self.n_workers = n_workers
+    def __init__(self, n_workers: Optional[int] = None, asynchronous: bool = True) -> None:
+        self.n_workers, self.asynchronous = n_workers, asynchronous
         self.pool = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,

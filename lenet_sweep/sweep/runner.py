@@ -82,8 +82,9 @@ class SweepRunner:
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
         self.n_jobs = self.s["n_jobs"] or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
-        if hasattr(launcher, "submit"):  # lenet_pool: asynchronous, one worker per slot
+        if hasattr(launcher, "start"):  # lenet_pool: long-lived workers, one per slot
             launcher.start(self.n_jobs)
+        if getattr(launcher, "asynchronous", False):
             self.launcher = launcher
         else:  # any other Hydra launcher runs batches of n_jobs
             self.launcher = BatchLauncher(launcher)

@@ -1,0 +1,71 @@
+"""Sweep throughput: batch-blocking without pruning vs asynchronous with pruning, same space and budget.
+
+    .venv/bin/python benchmarks/sweep_throughput.py [--trials 12] [--images 5000] [--epochs 4] [--jobs 2]
+
+Both arms run the real CLI (`python -m lenet_sweep -m hydra/sweeper=optuna`) with the same sampler
+seed, search space, trial budget and worker count, into their own temporary stores:
+  (a) batch:  hydra.launcher.asynchronous=false, pruner none  -> n_jobs trials per batch, wait for all
+  (b) async:  the default launcher, median pruner             -> a free worker starts the next trial
+Prints trials finished per minute, wall time and best val_accuracy for each, and the ratio (b)/(a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from lenet_sweep.sweep.study import make_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_arm(name: str, extra: list[str], args) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"sweep_{name}_") as tmp:
+        cmd = [sys.executable, "-m", "lenet_sweep", "-m", "hydra/sweeper=optuna",
+               f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.n_jobs={args.jobs}",
+               f"data.train_limit={args.images}", f"trainer.epochs={args.epochs}", "trainer.verbose=0",
+               "hydra.sweeper.seed=0", f"hydra.sweeper.storage={tmp}/optuna.journal",
+               f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"hydra.sweep.dir={tmp}/multirun", *extra]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"{name} sweep failed:\n{proc.stderr[-3000:]}")
+        study = optuna.load_study(study_name="lenet_sweep", storage=make_storage(f"{tmp}/optuna.journal"))
+        states = [t.state for t in study.trials]
+        return {"arm": name, "wall_s": wall, "trials": len(states),
+                "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
+                "failed": states.count(TrialState.FAIL), "per_min": 60 * len(states) / wall,
+                "best": study.best_value}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    arms = [
+        run_arm("batch, no pruning", ["hydra.launcher.asynchronous=false", "hydra.sweeper.pruner.name=none"], args),
+        run_arm("async + median pruning", ["hydra.sweeper.pruner.name=median",
+                                           "hydra.sweeper.pruner.n_startup_trials=3",
+                                           "hydra.sweeper.pruner.n_warmup_steps=0"], args),
+    ]
+    print(f"{args.trials} trials, {args.images} images, {args.epochs} epochs, n_jobs={args.jobs}")
+    print(f"{'arm':<24} {'wall s':>7} {'trials/min':>10} {'complete':>8} {'pruned':>6} {'failed':>6} {'best val_acc':>12}")
+    for a in arms:
+        print(f"{a['arm']:<24} {a['wall_s']:7.1f} {a['per_min']:10.2f} {a['complete']:8d} {a['pruned']:6d} "
+              f"{a['failed']:6d} {a['best']:12.4f}")
+    print(f"ratio (async+pruning / batch): {arms[1]['per_min'] / arms[0]['per_min']:.2f}x trials per minute")
+
+
+if __name__ == "__main__":
+    main()
