@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 import traceback
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import PROJECT_ROOT
+from lenet_sweep.redaction import redact  # noqa: F401  (tracking.redact: masks URL passwords in a text)
 
 #: Keys kept out of a run's params: secrets (a URL may hold a password) and run plumbing.
 PRIVATE_KEYS = ("mlflow.tracking_uri", "mlflow.run_id")
@@ -26,7 +28,10 @@ def default_tracking_uri() -> str:
 
 
 def tracking_uri(mlflow_cfg) -> str:
-    return mlflow_cfg.tracking_uri or default_tracking_uri()
+    uri = mlflow_cfg.tracking_uri or default_tracking_uri()
+    if redact(uri) != uri:  # MLflow prints "View run at <uri>/#/..." for a server: not with a password
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    return uri
 
 
 def mask_url(url: str | None) -> str | None:
@@ -66,7 +71,7 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     """Every resolved config value under its dotted key (``optimizer.lr``, ``model.activation``)."""
     tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     flat = pd.json_normalize(tree, sep=".").iloc[0].to_dict()
-    return {k: str(v) for k, v in flat.items() if k not in PRIVATE_KEYS}
+    return {k: redact(str(v)) for k, v in flat.items() if k not in PRIVATE_KEYS}
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object],
@@ -82,7 +87,7 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
 
 
 def _error_text(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000]
+    return redact("".join(traceback.format_exception_only(type(exc), exc)).strip())[:4000]
 
 
 @contextlib.contextmanager
@@ -126,3 +131,18 @@ def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
             client.set_terminated(run_id, "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")
+
+
+def log_redacted_dir(client: MlflowClient, run_id: str, folder: Path, artifact_path: str) -> None:
+    """Upload the text files of ``folder`` (Hydra's ``.hydra/``) with every URL password masked."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            target = Path(tmp) / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.write_text(redact(path.read_text()))
+            except UnicodeDecodeError:
+                continue  # not text: Hydra writes only YAML here
+        client.log_artifacts(run_id, tmp, artifact_path)

@@ -150,13 +150,13 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
 
     client = MlflowClient(tracking.tracking_uri(cfg.mlflow))
     output_dir, overrides = _hydra_dir()
-    tags = {"hydra.overrides": overrides, "device": device}
+    tags = {"hydra.overrides": tracking.redact(overrides), "device": device}
     with tracking.open_run(client, cfg.mlflow.experiment_name, cfg.mlflow.run_id,
                            cfg.mlflow.run_name, tags) as run_id:
         tracking.log_params(client, run_id, {**tracking.flat_params(cfg),
                                              "num_params": model.count_params()})
         client.log_text(run_id, summary, "model_summary.txt")
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         logger = EpochLogger(client, run_id, len(splits.x_train))
         try:
             test = _fit_and_test(model, cfg, tensors if tc.fast else (train_ds, val_ds, test_ds),
@@ -174,7 +174,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
             model.save_weights(weights)
             client.log_artifact(run_id, str(weights))
         if output_dir is not None and (output_dir / ".hydra").is_dir():
-            client.log_artifacts(run_id, str(output_dir / ".hydra"), ".hydra")
+            tracking.log_redacted_dir(client, run_id, output_dir / ".hydra", ".hydra")
     print(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
           f"mlflow_run_id={run_id}")
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,45 @@ def mlflow_uri(tmp_path) -> str:
 @pytest.fixture
 def client(mlflow_uri) -> MlflowClient:
     return MlflowClient(mlflow_uri)
+
+
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _pg_admin():
+    """An autocommit connection to the server's ``postgres`` database; skip (fail under CI=true)
+    when the server does not answer."""
+    try:
+        import psycopg
+
+        return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres",
+                               autocommit=True, connect_timeout=5)
+    except Exception as exc:  # ImportError, OperationalError
+        reason = f"no PostgreSQL server at {PG_USER}@{PG_HOST}:{PG_PORT} ({type(exc).__name__}: {exc})"
+        if _in_ci():
+            pytest.fail(f"{reason}; CI is set, so this is an error, not a skip")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for this test, as the SQLAlchemy URL that Optuna's
+    RDBStorage and ``mlflow server --backend-store-uri`` both take:
+    ``postgresql+psycopg://postgres@127.0.0.1:5432/lenet_<hex>``. Dropped afterwards."""
+    admin = _pg_admin()
+    db = f"lenet_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{db}"')
+    try:
+        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
+    finally:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (db,))
+        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
 
 
 def run_cli(args, cwd: Path, timeout=600, env=None) -> subprocess.CompletedProcess:
