@@ -8,6 +8,7 @@ Imports nothing heavy: Hydra instantiates the callback before every run.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,31 @@ def redact_file(path: Path) -> bool:
     return True
 
 
+def _redacting_factory(previous):
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        if "://" in str(record.msg) or (record.args and "://" in str(record.args)):
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed record: logging reports it as it would anyway
+                return record
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, ()
+        return record
+
+    factory.lenet_redacting = True
+    return factory
+
+
+def redact_logging() -> None:
+    """Every log record made in this process from now on has its URL passwords masked (Hydra's
+    launchers log each job's overrides, e.g. ``mlflow.tracking_uri=http://u:pw@host``). Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if not getattr(previous, "lenet_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(previous))
+
+
 def _select(config: DictConfig, key: str) -> Any:
     try:
         return OmegaConf.select(config, key, throw_on_missing=False)
@@ -59,9 +85,14 @@ class RedactSavedConfig(Callback):
     """Masks passwords in the files Hydra writes: a job's ``.hydra/{config,hydra,overrides}.yaml``
     (saved by Hydra just before ``on_job_start``, also in sweep trials, which run Hydra's ``run_job``
     in worker processes) and the sweep folder's ``multirun.yaml``. Interpolations such as
-    ``${oc.env:LENET_STORAGE}`` are saved unresolved by Hydra and stay so."""
+    ``${oc.env:LENET_STORAGE}`` are saved unresolved by Hydra and stay so. Log records are redacted
+    too (:func:`redact_logging`)."""
+
+    def __init__(self) -> None:
+        redact_logging()  # Hydra makes its callbacks before the first log line of a run or sweep
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_logging()  # also in a launcher's worker process (the callback arrives pickled)
         output_dir, subdir = _select(config, "hydra.runtime.output_dir"), _select(config, "hydra.output_subdir")
         if output_dir and subdir:
             folder = Path(str(output_dir)) / str(subdir)
