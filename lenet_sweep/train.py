@@ -77,7 +77,7 @@ def make_optimizer(opt_cfg) -> keras.optimizers.Optimizer:
     raise ValueError(f"optimizer.name={opt_cfg.name} is unknown: use optimizer=sgd or optimizer=adam")
 
 
-def log_figures(client: MlflowClient, run_id: str, model, test_ds, splits: data.Splits,
+def log_figures(client: MlflowClient, run_id: str, model, splits: data.Splits,
                 history: list[dict[str, float]]) -> None:
     """Artifacts ``figures/`` (curves, confusion matrix, misclassified images) and metrics
     ``test_accuracy_<class>``, from one prediction pass over the test set. Pictures never fail a run."""
@@ -85,7 +85,7 @@ def log_figures(client: MlflowClient, run_id: str, model, test_ds, splits: data.
     try:
         from lenet_sweep import figures
 
-        y_pred = model.predict(test_ds, verbose=0).argmax(axis=-1)
+        y_pred = model.predict(splits.x_test, batch_size=1024, verbose=0).argmax(axis=-1)
         with tempfile.TemporaryDirectory() as tmp:
             per_class = figures.write_run_figures(Path(tmp), history, splits.y_test, y_pred,
                                                   splits.x_test)
@@ -168,7 +168,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         metrics = {**logger.history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
         tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
                              step=len(logger.history) - 1)
-        log_figures(client, run_id, model, test_ds, splits, logger.history)
+        log_figures(client, run_id, model, splits, logger.history)
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "lenet.weights.h5"
             model.save_weights(weights)
