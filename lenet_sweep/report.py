@@ -111,21 +111,26 @@ def trials_table(study: optuna.Study, client=None) -> pd.DataFrame:
     return table[columns].reset_index(drop=True)
 
 
+def _cell(value, empty: str = "-") -> str:
+    if value is None or value is pd.NA or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return empty
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def format_table(table: pd.DataFrame) -> str:
     """The table as terminal text (4 significant digits, run ids in full, empty cells as ``-``)."""
     if table.empty:
         return "(no trials yet)"
     shown = table.drop(columns=["fail_reason"] if not table["fail_reason"].astype(bool).any() else [])
-    return shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
+    if "fail_reason" in shown:  # the CSV keeps the whole reason
+        shown = shown.assign(fail_reason=shown["fail_reason"].map(lambda r: r if len(r) <= 60 else r[:57] + "..."))
+    return shown.map(_cell).to_string(index=False)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (no ``tabulate`` needed)."""
     def cell(v) -> str:
-        if v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        text = f"{v:.4g}" if isinstance(v, float) else str(v)
-        return text.replace("|", "\\|").replace("\n", " ")
+        return _cell(v, empty="").replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
