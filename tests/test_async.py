@@ -35,12 +35,14 @@ def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client)
     study = optuna.load_study(study_name="lenet_sweep", storage=make_storage(f"{tmp_path}/optuna.journal"))
     good, bad = study.trials
     assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 3
-    assert bad.state == TrialState.PRUNED and list(bad.intermediate_values) == [0]
+    assert bad.state == TrialState.PRUNED and len(bad.intermediate_values) < 3  # stopped early
+    stopped = max(bad.intermediate_values)
     assert "[sweep] trial 1 (2/2) PRUNED" in proc.stdout
     run = next(r for r in all_runs(client) if r.info.run_name == "trial-1")
     assert run.info.status == "FINISHED"
-    assert run.data.tags["optuna.trial_state"] == "PRUNED" and run.data.tags["optuna.pruned_at_epoch"] == "0"
-    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1  # stopped after epoch 0
+    assert run.data.tags["optuna.trial_state"] == "PRUNED"
+    assert run.data.tags["optuna.pruned_at_epoch"] == str(stopped)
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == stopped + 1
     assert "test_accuracy" in run.data.metrics  # the metrics it reached are recorded
 
 

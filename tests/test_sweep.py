@@ -151,7 +151,7 @@ def test_killed_sweep_leaves_no_running_trial_after_resume(tmp_path, client):
 
     proc = run_cli(sweep_args(tmp_path, n_trials=2), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trial 0 was left RUNNING by a dead sweeper: marked FAIL" in proc.stdout
+    assert "[sweep] trial 0 was left RUNNING by a dead sweeper (" in proc.stdout
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     killed = [r for r in all_runs(client) if r.info.run_name == "trial-0"][0]
@@ -164,13 +164,14 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
 
     study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "j.journal")))
     runner = SweepRunner({"n_trials": 3, "params": {}})
+    runner.client = client
     exp = client.create_experiment("e")
     for value, reason in [(math.nan, "the objective is nan"), (math.inf, "the objective is inf"),
                           ("high", "the run returned 'high', not a number")]:
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         run_id = client.create_run(exp).info.run_id
         ret = JobReturn(status=JobStatus.COMPLETED, _return_value=value)
-        assert runner._tell(study, trial, ret, client, run_id) == TrialState.FAIL
+        assert runner._tell(study, trial, ret, run_id) == TrialState.FAIL
         frozen = study.trials[trial.number]
         assert frozen.user_attrs["fail_reason"] == reason
         run = client.get_run(run_id)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, tracking
+from lenet_sweep.sweep import runs
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override_key, parse_space,
                                      split_overrides)
@@ -110,55 +111,67 @@ class SweepRunner:
         try:
             space, fixed, space_text = self._space(arguments)
             sampler = studies.make_sampler(s["sampler"], s["seed"], space)
-            storage_url = s["storage"] or studies.default_storage()
-            study = optuna.create_study(study_name=s["study_name"], storage=studies.make_storage(storage_url),
-                                        sampler=sampler, direction=s["direction"], load_if_exists=True)
+            self.storage_url = s["storage"] or studies.default_storage()
+            storage = studies.make_storage(self.storage_url, s["heartbeat_interval"], s["grace_period"],
+                                           on_stale=self._on_stale)
+            study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
+                                        direction=s["direction"], load_if_exists=True)
         except (SearchSpaceError, ValueError) as exc:
             sys.exit(f"error: {exc}")
-        client = MlflowClient(tracking.tracking_uri(self.config.mlflow))
-        for trial in studies.fail_stale_trials(study):
-            print(f"[sweep] trial {trial.number} was left RUNNING by a dead sweeper: marked FAIL")
-            if trial.user_attrs.get("mlflow_run_id"):
-                self._close_child(client, trial.user_attrs["mlflow_run_id"], TrialState.FAIL,
-                                  "its sweeper process died", status="KILLED")
+        self.client = MlflowClient(tracking.tracking_uri(self.config.mlflow))
+        experiment = self.config.mlflow.experiment_name
+        self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
+        self._reap(study)
+        runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], studies.dead_here)
         if s["enqueue_seed_trial"]:
             studies.enqueue_seed_trial(study, space)
-        experiment = self.config.mlflow.experiment_name
-        self._close_dead_parents(client, tracking.experiment_id(client, experiment), s["study_name"])
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(storage_url),
+        tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
                 "optuna.sampler": s["sampler"], "optuna.direction": s["direction"],
                 "optuna.search_space": json.dumps(space_text, default=str),
                 "sweep_dir": str(self.sweep_dir), "worker": studies.WORKER}
         try:
-            with tracking.open_run(client, experiment, run_name=f"sweep-{s['study_name']}",
+            with tracking.open_run(self.client, experiment, run_name=f"sweep-{s['study_name']}",
                                    tags=tags) as parent_id:
-                self._loop(study, space, fixed, client, parent_id)
-                return self._finish(study, client, parent_id, storage_url)
+                self.parent_id = parent_id
+                self._loop(study, space, fixed)
+                return self._finish(study)
         except SweepFailed as exc:
             sys.exit(f"error: {exc}")
 
     # -- the loop -----------------------------------------------------------------------------
-    def _loop(self, study, space, fixed, client: MlflowClient, parent_id: str) -> None:
-        """Keep ``n_jobs`` trials running; start the next one as soon as any finishes."""
+    def _loop(self, study, space, fixed) -> None:
+        """Keep ``n_jobs`` trials running; start the next one as soon as any finishes. When the
+        budget is taken by other workers' running trials, wait for them (or their heartbeat to
+        stop) rather than end early."""
         s, launcher = self.s, self.launcher
         deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
-        experiment_id = client.get_run(parent_id).info.experiment_id
+        heartbeat = studies.Heartbeat(study._storage)
+        poll = heartbeat.interval or 2.0
         running: dict[Future, tuple[optuna.Trial, str]] = {}
         failures = 0
         try:
             while True:
-                while len(running) < self.n_jobs and self._may_start(study, len(running), deadline):
-                    trial, run_id = self._start(study, space, client, experiment_id, parent_id)
-                    running[launcher.submit(self._overrides(trial, run_id, space, fixed),
-                                            trial.number)] = (trial, run_id)
+                self._reap(study)
+                while len(running) < self.n_jobs and not self._timed_out(deadline):
+                    started = self._start(study, space)
+                    if started is None:
+                        break
+                    heartbeat.add(started[0]._trial_id)
+                    running[launcher.submit(self._overrides(*started, space, fixed),
+                                            started[0].number)] = started
                 launcher.flush()
                 if not running:
-                    return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    if studies.count_finished(study) >= s["n_trials"] or self._timed_out(deadline) \
+                            or not studies.count_running(study):
+                        return
+                    time.sleep(poll)  # the rest of the budget runs in other workers
+                    continue
+                done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
                 for future in done:
                     trial, run_id = running.pop(future)
-                    failures += self._tell(study, trial, future.result(), client, run_id) == TrialState.FAIL
+                    heartbeat.trial_ids.discard(trial._trial_id)
+                    failures += self._tell(study, trial, future.result(), run_id) == TrialState.FAIL
                     if failures > s["max_failure_rate"] * s["n_trials"]:
                         raise SweepFailed(
                             f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
@@ -167,37 +180,39 @@ class SweepRunner:
         except BaseException as exc:
             launcher.shutdown(kill=True)
             for trial, run_id in running.values():
-                self._abandon(study, trial, run_id, client, exc)
+                self._abandon(study, trial, run_id, exc)
             raise
         finally:
+            heartbeat.stop()
             launcher.shutdown()
 
-    def _may_start(self, study, n_running: int, deadline: float | None) -> bool:
-        if studies.count_finished(study) + n_running >= self.s["n_trials"]:
+    def _timed_out(self, deadline: float | None) -> bool:
+        if deadline is None or time.monotonic() <= deadline:
             return False
-        if deadline is not None and time.monotonic() > deadline:
-            if not getattr(self, "timed_out", False):
-                print(f"[sweep] timeout of {self.s['timeout']} s reached: no new trial starts")
-                self.timed_out = True
-            return False
+        if not getattr(self, "said_timeout", False):
+            print(f"[sweep] timeout of {self.s['timeout']} s reached: no new trial starts")
+            self.said_timeout = True
         return True
+
+    def _start(self, study, space) -> tuple[optuna.Trial, str] | None:
+        """Ask for a trial if the study's budget allows one; None when it is all taken."""
+        with studies.ask_lock(study._storage, self.storage_url, study.study_name):
+            if studies.count_finished(study) + studies.count_running(study) >= self.s["n_trials"]:
+                return None
+            trial = study.ask(fixed_distributions=space)
+        run_id = runs.create_child(self.client, self.experiment_id, self.parent_id, study.study_name,
+                                   trial.number)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("worker", studies.WORKER)
+        trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
+        return trial, run_id
 
     def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
         return [*(format_override(k, trial.params[k]) for k in space), *fixed,
                 f"mlflow.run_id={run_id}", f"trial_number={trial.number}",
                 f"hydra.sweep.subdir={trial.number}"]
 
-    def _start(self, study, space, client: MlflowClient, experiment_id: str, parent_id: str):
-        trial = study.ask(fixed_distributions=space)
-        run = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags={
-            "mlflow.parentRunId": parent_id, "optuna.study_name": study.study_name,
-            "optuna.trial_number": str(trial.number), "optuna.trial_state": "RUNNING"})
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        trial.set_user_attr("worker", studies.WORKER)
-        trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
-        return trial, run.info.run_id
-
-    def _tell(self, study, trial, ret: JobReturn, client: MlflowClient, run_id: str) -> TrialState:
+    def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState:
         reason = None
         if ret.status == JobStatus.COMPLETED:
             try:
@@ -216,34 +231,35 @@ class SweepRunner:
             studies.fail(study, trial._trial_id, reason)
         frozen = study._storage.get_trial(trial._trial_id)
         if frozen.state == TrialState.PRUNED and frozen.intermediate_values:
-            client.set_tag(run_id, "optuna.pruned_at_epoch", max(frozen.intermediate_values))
-        self._close_child(client, run_id, frozen.state, reason)
+            self.client.set_tag(run_id, "optuna.pruned_at_epoch", max(frozen.intermediate_values))
+        runs.close_child(self.client, run_id, frozen.state, reason)
         self._report(study, frozen)
         return frozen.state
 
-    def _abandon(self, study, trial, run_id: str, client: MlflowClient, exc: BaseException) -> None:
-        """The launch itself was interrupted: nothing may stay RUNNING."""
+    def _abandon(self, study, trial, run_id: str, exc: BaseException) -> None:
+        """The sweep itself was interrupted: nothing may stay RUNNING."""
         if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             studies.fail(study, trial._trial_id, f"sweep interrupted ({type(exc).__name__})")
-        self._close_child(client, run_id, TrialState.FAIL, "sweep interrupted", status="KILLED")
+        runs.close_child(self.client, run_id, TrialState.FAIL, "sweep interrupted", status="KILLED")
 
-    @staticmethod
-    def _close_dead_parents(client: MlflowClient, experiment_id: str, study_name: str) -> None:
-        """Parent runs of this study left RUNNING by a sweeper on this host that died: KILLED."""
-        for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING' and "
-                                      f"tags.`optuna.study_name` = '{study_name}'"):
-            if "mlflow.parentRunId" not in run.data.tags and studies.dead_here(run.data.tags.get("worker")):
-                client.set_tag(run.info.run_id, "error", "its sweeper process died")
-                client.set_terminated(run.info.run_id, "KILLED")
+    # -- trials other sweepers left behind ---------------------------------------------------
+    def _reap(self, study) -> None:
+        """Fail the trials of dead sweepers: on this host by process id, elsewhere by heartbeat."""
+        for trial in studies.fail_dead_local_trials(study):
+            self._on_stale(study, trial)
+        optuna.storages.fail_stale_trials(study)  # calls _on_stale for each (RDB with heartbeat)
 
-    @staticmethod
-    def _close_child(client: MlflowClient, run_id: str, state: TrialState, reason: str | None,
-                     status: str = "FAILED") -> None:
-        client.set_tag(run_id, "optuna.trial_state", state.name)
-        if reason:
-            client.set_tag(run_id, "optuna.fail_reason", reason)
-        if client.get_run(run_id).info.status == "RUNNING":  # the job never closed it
-            client.set_terminated(run_id, status)
+    def _on_stale(self, study, trial) -> None:
+        print(f"[sweep] trial {trial.number} was left RUNNING by a dead sweeper "
+              f"({trial.user_attrs.get('worker')}): marked FAIL")
+        if trial.user_attrs.get("mlflow_run_id"):
+            runs.close_child(self.client, trial.user_attrs["mlflow_run_id"], TrialState.FAIL,
+                             "its sweeper process died", status="KILLED")
+        dead = trial.user_attrs.get("worker")
+        runs.close_dead_parents(self.client, self.experiment_id, study.study_name,
+                                lambda worker: worker is not None and worker == dead)
+        if self.s["retry_failed"]:
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.s["retry_failed"])(study, trial)
 
     def _report(self, study, trial) -> None:
         done = studies.count_finished(study)
@@ -257,7 +273,8 @@ class SweepRunner:
               f"{value} | {best}", flush=True)
 
     # -- results ------------------------------------------------------------------------------
-    def _finish(self, study, client: MlflowClient, parent_id: str, storage_url: str) -> dict[str, Any]:
+    def _finish(self, study) -> dict[str, Any]:
+        client, parent_id, storage_url = self.client, self.parent_id, self.storage_url
         table = study.trials_dataframe().rename(columns=lambda c: c.removeprefix("user_attrs_"))
         csv = self.sweep_dir / "trials.csv"
         table.to_csv(csv, index=False)

@@ -60,6 +60,9 @@ class OptunaSweeperConf:
     study_name: str = "lenet_sweep"
     max_failure_rate: float = 0.5  # stop once more than this fraction of n_trials has failed
     enqueue_seed_trial: bool = True  # the study's first trial is the notebook's configuration
+    heartbeat_interval: Optional[int] = 10  # RDB storages: seconds between a running trial's beats
+    grace_period: Optional[int] = None  # RDB: seconds without a beat before a trial is failed (2x)
+    retry_failed: int = 0  # re-queue a trial whose sweeper died, at most this many times
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import socket
+import threading
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import optuna
+import sqlalchemy
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalFileOpenLock, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -26,13 +30,76 @@ def default_storage() -> str:
     return str(PROJECT_ROOT / "multirun" / "optuna.journal")
 
 
-def make_storage(url: str | None) -> BaseStorage:
-    """An RDB URL (``postgresql://…``, ``sqlite:///…``) or a journal file path (default)."""
+def make_storage(url: str | None, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None, on_stale=None) -> BaseStorage:
+    """An RDB URL (``postgresql+psycopg://…``, ``sqlite:///…``) or a journal file path (default).
+
+    RDB storages get Optuna's heartbeat: a trial whose sweeper stops beating for ``grace_period``
+    seconds is failed by the next worker that looks (``on_stale`` then runs for it).
+    """
     url = url or default_storage()
     if "://" in url:
+        if heartbeat_interval:
+            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                              heartbeat_stale_trial_callback=on_stale)
         return RDBStorage(url)
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
+
+
+@contextlib.contextmanager
+def ask_lock(storage: BaseStorage, url: str | None, study_name: str) -> Iterator[None]:
+    """Serialise "count the study's trials, then ask for one" across every worker of the study, so
+    n_trials is exact: PostgreSQL's advisory lock, or Optuna's file lock beside a file storage."""
+    url = url or default_storage()
+    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
+        key = int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
+        with storage.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return
+    path = url.removeprefix("sqlite:///") if "://" not in url or url.startswith("sqlite:///") else None
+    if path is None:  # another database: Optuna's own atomic trial numbering, no extra lock
+        yield
+        return
+    lock = JournalFileOpenLock(f"{path}.{study_name}.ask")
+    lock.acquire()  # blocks; a lock left by a killed process is broken after 30 s
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class Heartbeat:
+    """Records Optuna's heartbeat for this sweeper's running trials from a background thread (with
+    ask/tell, Optuna's ``optimize`` loop that normally does this is not used)."""
+
+    def __init__(self, storage: BaseStorage):
+        self.storage = storage
+        self.interval = getattr(storage, "heartbeat_interval", None)
+        self.trial_ids: set[int] = set()
+        self._stop = threading.Event()
+        if self.interval:
+            threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat").start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in list(self.trial_ids):
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as exc:  # a database hiccup must not kill the sweep
+                    print(f"[sweep] heartbeat failed: {type(exc).__name__}: {exc}")
+
+    def add(self, trial_id: int) -> None:
+        self.trial_ids.add(trial_id)
+        if self.interval:
+            self.storage.record_heartbeat(trial_id)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def make_sampler(name: str, seed: int | None, space: Mapping[str, BaseDistribution]):
@@ -121,12 +188,14 @@ def dead_here(worker: str | None) -> bool:
     return False
 
 
-def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Mark FAIL the RUNNING trials whose sweeper process on this host is gone (killed sweep)."""
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if dead_here(t.user_attrs.get("worker"))]
+def fail_dead_local_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark FAIL the RUNNING trials whose sweeper process on this host is gone (any storage; on
+    other hosts Optuna's heartbeat does this for RDB storages)."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if dead_here(t.user_attrs.get("worker"))]
     for trial in stale:
         fail(study, trial._trial_id, "its sweeper process died (killed or crashed)")
-    return stale
+    return [study._storage.get_trial(t._trial_id) for t in stale]
 
 
 def fail(study: optuna.Study, trial_id: int, reason: str) -> None:
@@ -135,4 +204,12 @@ def fail(study: optuna.Study, trial_id: int, reason: str) -> None:
 
 
 def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Finished trials that count towards n_trials (a failed trial that was retried does not)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    return sum(t.state in FINISHED and t.number not in retried for t in trials)
+
+
+def count_running(study: optuna.Study) -> int:
+    """Trials running anywhere: in this sweeper or any other worker of the study."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
