@@ -55,7 +55,7 @@ class InGraphTrainer:
                 idx = perm[i * batch_size:(i + 1) * batch_size]
                 step((tf.gather(x, idx), tf.gather(y, idx)))
 
-        @tf.function
+        @tf.function(reduce_retracing=True)  # validation, then test: other shapes, one trace
         def test_all(x, y):
             n = tf.shape(x)[0]
             for i in tf.range((n + EVAL_BATCH - 1) // EVAL_BATCH):

@@ -1,0 +1,109 @@
+"""The fast training path (trainer.fast=true): same updates, logs and callbacks as Keras fit; keys wired."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY, all_runs, compose_cfg
+from lenet_sweep import data, fast_fit
+from lenet_sweep.config import ConfigError, validate
+from lenet_sweep.model import build_lenet
+from lenet_sweep.train import make_optimizer, train
+
+
+@pytest.fixture(scope="module")
+def small():
+    (x, y), _ = data.load_arrays(data.find_dir(None, download=False))
+    x = x[:700].reshape(-1, 28, 28, 1).astype(np.float32)
+    return x[:600], y[:600].astype(np.int32), x[600:], y[600:700].astype(np.int32)
+
+
+def compiled_lenet(cfg, seed=3):
+    keras.utils.set_random_seed(seed)
+    model = build_lenet(cfg.model)
+    model.compile(optimizer=make_optimizer(cfg.optimizer), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def test_same_updates_and_logs_as_keras_fit(small):
+    """One epoch over the same batch order: fast_fit and model.fit end with the same weights/logs."""
+    x, y, xv, yv = small
+    cfg = compose_cfg()
+    plain, fast = compiled_lenet(cfg), compiled_lenet(cfg)
+    order = np.random.default_rng(11).permutation(len(x))  # the permutation fast_fit draws, seed 11
+    ref = plain.fit(x[order], y[order], batch_size=32, epochs=1, shuffle=False, verbose=0,
+                    validation_data=(xv, yv)).history
+    history, trainer = fast_fit.fit(fast, x, y, batch_size=32, epochs=1, seed=11,
+                                    validation_data=(xv, yv), verbose=0, steps_per_execution=7)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    for key, values in ref.items():
+        assert history.history[key][0] == pytest.approx(values[0], rel=1e-4, abs=1e-5), key
+    for a, b in zip(plain.get_weights(), fast.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    test = plain.evaluate(xv, yv, verbose=0, return_dict=True)
+    assert trainer.evaluate(xv, yv) == pytest.approx(test, rel=1e-5)
+    assert fast.history is history
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.stop_after, self.epochs, self.batches, self.events = stop_after, [], [], []
+
+    def on_train_begin(self, logs=None):
+        self.events.append("train_begin")
+
+    def on_train_end(self, logs=None):
+        self.events.append("train_end")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append(batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append((epoch, sorted(logs)))
+        if epoch == self.stop_after:
+            self.model.stop_training = True
+
+
+def test_callbacks_each_epoch_batches_per_chunk_and_stop_training(small):
+    x, y, xv, yv = small
+    rec = Recorder(stop_after=1)
+    fast_fit.fit(compiled_lenet(compose_cfg()), x, y, batch_size=32, epochs=5, seed=0,
+                 validation_data=(xv, yv), callbacks=[rec], verbose=0, steps_per_execution=8)
+    keys = ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert rec.epochs == [(0, keys), (1, keys)]  # stopped after epoch 1, as fit would
+    assert rec.events == ["train_begin", "train_end"]
+    assert rec.batches == [7, 15, 18] * 2  # 19 batches of 32 (the last has 24), every 8 steps
+
+
+def test_keys_in_config_and_validated():
+    t = compose_cfg().trainer
+    assert (t.fast, t.steps_per_execution, t.jit_compile) == (True, 100, False)
+    with pytest.raises(ConfigError, match="trainer.steps_per_execution=0 is invalid"):
+        validate(compose_cfg(["trainer.steps_per_execution=0"]))
+
+
+@pytest.mark.parametrize("extra", [["trainer.fast=false", "trainer.steps_per_execution=1"],
+                                   ["trainer.fast=false"],
+                                   ["trainer.steps_per_execution=3"]])
+def test_both_paths_run_and_log(mlflow_uri, client, extra):
+    metrics = train(compose_cfg([*TINY, f"mlflow.tracking_uri={mlflow_uri}", "trainer.epochs=2",
+                                 *extra]))
+    [run] = all_runs(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.fast"] == str("trainer.fast=false" not in extra)
+    history = client.get_metric_history(run.info.run_id, "samples_per_second")
+    assert sorted(m.step for m in history) == [0, 1] and all(m.value > 0 for m in history)
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy"} <= set(metrics)
+
+
+def test_fast_and_plain_reach_the_same_accuracy(mlflow_uri):
+    """Different shuffles, same model/optimizer/loss: accuracy after 3 epochs agrees within the noise of a 2,700-image run."""
+    common = ["trainer.epochs=3", "data.train_limit=3000", "data.test_limit=1000", "trainer.verbose=0",
+              "model.activation=relu", "model.output_activation=softmax", "data.normalize=true",
+              "optimizer=adam", f"mlflow.tracking_uri={mlflow_uri}"]
+    fast = train(compose_cfg(common))
+    plain = train(compose_cfg([*common, "trainer.fast=false", "trainer.steps_per_execution=1"]))
+    assert fast["test_accuracy"] > 0.6 and plain["test_accuracy"] > 0.6
+    assert abs(fast["test_accuracy"] - plain["test_accuracy"]) < 0.07
