@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import time
 import traceback
@@ -53,18 +54,32 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+def retry_race(create, attempts: int = 5):
+    """Workers started at once on a fresh database race to create its tables (or the experiment);
+    the losers wait a moment and find them made."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random())
+
+
+def client_for(mlflow_cfg) -> MlflowClient:
+    """A client of the configured store (MLflow creates a database's tables on first use)."""
+    return retry_race(lambda: MlflowClient(tracking_uri(mlflow_cfg)))
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     """Get or create the experiment (create it once, before parallel workers start)."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
-    except Exception:  # created meanwhile by another process
+    def get_or_create() -> str:
         exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+        if exp is not None:
+            return exp.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
+
+    return retry_race(get_or_create)
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

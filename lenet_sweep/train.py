@@ -148,7 +148,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     summary = format_shape_table(model)
     print(summary)
 
-    client = MlflowClient(tracking.tracking_uri(cfg.mlflow))
+    client = tracking.client_for(cfg.mlflow)
     output_dir, overrides = _hydra_dir()
     tags = {"hydra.overrides": tracking.redact(overrides), "device": device}
     with tracking.open_run(client, cfg.mlflow.experiment_name, cfg.mlflow.run_id,

@@ -62,6 +62,16 @@ def pg_url():
     """A fresh, empty PostgreSQL database for this test, as the SQLAlchemy URL that Optuna's
     RDBStorage and ``mlflow server --backend-store-uri`` both take:
     ``postgresql+psycopg://postgres@127.0.0.1:5432/lenet_<hex>``. Dropped afterwards."""
+    yield from _fresh_database()
+
+
+@pytest.fixture
+def pg_mlflow_url():
+    """A second fresh database, for an MLflow store beside an Optuna storage (both use alembic)."""
+    yield from _fresh_database()
+
+
+def _fresh_database():
     admin = _pg_admin()
     db = f"lenet_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{db}"')

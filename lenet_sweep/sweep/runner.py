@@ -118,7 +118,7 @@ class SweepRunner:
                                         direction=s["direction"], load_if_exists=True)
         except (SearchSpaceError, ValueError) as exc:
             sys.exit(f"error: {exc}")
-        self.client = MlflowClient(tracking.tracking_uri(self.config.mlflow))
+        self.client = tracking.client_for(self.config.mlflow)
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)

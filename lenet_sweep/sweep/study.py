@@ -17,7 +17,7 @@ from optuna.storages import BaseStorage, JournalFileOpenLock, JournalStorage, RD
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from lenet_sweep import PROJECT_ROOT
+from lenet_sweep import PROJECT_ROOT, tracking
 
 #: The notebook's configuration, enqueued as a study's first trial (keys not in the space are skipped).
 SEED_TRIAL = {"optimizer.lr": 0.9, "optimizer.momentum": 0.0, "optimizer.nesterov": False,
@@ -39,10 +39,9 @@ def make_storage(url: str | None, heartbeat_interval: int | None = None,
     """
     url = url or default_storage()
     if "://" in url:
-        if heartbeat_interval:
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                              heartbeat_stale_trial_callback=on_stale)
-        return RDBStorage(url)
+        beat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=on_stale) if heartbeat_interval else {}
+        return tracking.retry_race(lambda: RDBStorage(url, **beat))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
 
