@@ -120,7 +120,11 @@ def test_env_interpolated_storage_and_tracking_uri_stay_unresolved(tmp_path, cli
     [parent] = [r for r in all_runs(client) if "mlflow.parentRunId" not in r.data.tags]
     assert parent.data.tags["optuna.storage"] == pg_url.replace("postgres@", "postgres:***@")
     import optuna
-    assert len(optuna.load_study(study_name="env", storage=pg_url).trials) == 1
+    storage_ = optuna.storages.RDBStorage(pg_url)
+    try:
+        assert len(optuna.load_study(study_name="env", storage=storage_).trials) == 1
+    finally:
+        storage_.engine.dispose()
     saved = (sweep_dir / "0" / ".hydra" / "hydra.yaml").read_text()
     assert "storage: ${oc.env:LENET_STORAGE}" in saved
     assert "mlflow.tracking_uri=${oc.env:LENET_TRACKING}" in (
