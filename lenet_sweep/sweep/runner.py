@@ -32,7 +32,7 @@ class SweepFailed(RuntimeError):
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:1000]
+    return tracking.redact(f"{type(exc).__name__}: {text}")[:1000]
 
 
 def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
