@@ -239,6 +239,8 @@ def open_study(name: str, storage_url: str | None) -> optuna.Study:
     storage = studies.make_storage(url)
     names = optuna.study.get_all_study_names(storage)
     if name not in names:
+        if hasattr(storage, "engine"):
+            storage.engine.dispose()
         listing = ", ".join(sorted(names)) if names else "none"
         raise ReportError(f"no study named '{name}' in {shown}; studies there: {listing}")
     return optuna.load_study(study_name=name, storage=storage)
@@ -270,11 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = (Path(options["out"]).resolve() if options["out"]
            else Path(studies.default_storage()).parent / "reports" / study.study_name)
     client = mlflow_client(options["mlflow.tracking_uri"])
-    table, files = write_report(study, client, out)
-    print(f"study {study.study_name} ({_summary(study)}), storage "
-          f"{tracking.mask_url(options['storage'] or studies.default_storage())}")
-    print(format_table(table))
-    print(f"wrote {len(files)} files to {out}: {', '.join(p.name for p in files)}")
+    try:
+        table, files = write_report(study, client, out)
+        print(f"study {study.study_name} ({_summary(study)}), storage "
+              f"{tracking.mask_url(options['storage'] or studies.default_storage())}")
+        print(format_table(table))
+        print(f"wrote {len(files)} files to {out}: {', '.join(p.name for p in files)}")
+    finally:  # an RDB storage's pooled connections: closed now, not at garbage collection
+        storage = getattr(study._storage, "_backend", study._storage)
+        if hasattr(storage, "engine"):
+            storage.engine.dispose()
     return 0
 
 
