@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_arm(name: str, extra: list[str], args) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"sweep_{name}_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sweep_bench_") as tmp:
         cmd = [sys.executable, "-m", "lenet_sweep", "-m", "hydra/sweeper=optuna",
                f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.n_jobs={args.jobs}",
                f"data.train_limit={args.images}", f"trainer.epochs={args.epochs}", "trainer.verbose=0",

@@ -5,6 +5,7 @@ No TensorFlow at import time: finding and verifying data must fail fast, before 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 from dataclasses import dataclass
@@ -127,10 +128,17 @@ def split(train, test, validation_split: float, train_limit: int | None = None,
                   y[cut:].astype(np.int32), images(xt), yt.astype(np.int32))
 
 
+@functools.lru_cache(maxsize=2)
+def _verified(folder: Path, stamp: tuple) -> tuple:
+    return load_arrays(folder)
+
+
 def load(data_cfg) -> Splits:
-    """Find, verify, load and split Fashion-MNIST as ``data_cfg`` says."""
+    """Find, verify, load and split Fashion-MNIST as ``data_cfg`` says. A sweep worker runs many
+    trials: the verified arrays are kept per process while the files stay the same (size, mtime)."""
     folder = find_dir(data_cfg.dir)
-    train, test = load_arrays(folder)
+    stamp = tuple((s.st_size, s.st_mtime_ns) for s in ((folder / n).stat() for n in SHA256))
+    train, test = _verified(folder, stamp)
     return split(train, test, data_cfg.validation_split, data_cfg.train_limit,
                  data_cfg.test_limit, data_cfg.normalize)
 
@@ -146,14 +154,9 @@ def to_datasets(splits: Splits, batch_size: int, seed: int):
              .batch(batch_size).prefetch(tf.data.AUTOTUNE))
     val = (tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).cache()
            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    return train, val, make_test_dataset(splits, batch_size)
-
-
-def make_test_dataset(splits: Splits, batch_size: int):
-    import tensorflow as tf
-
-    return (tf.data.Dataset.from_tensor_slices((splits.x_test, splits.y_test))
+    test = (tf.data.Dataset.from_tensor_slices((splits.x_test, splits.y_test))
             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    return train, val, test
 
 
 def to_tensors(splits: Splits) -> Splits:

@@ -97,20 +97,21 @@ def log_figures(client: MlflowClient, run_id: str, model, splits: data.Splits,
         print(f"warning: run figures not written: {type(exc).__name__}: {exc}")
 
 
-def _fit_and_test(model: keras.Model, cfg: DictConfig, data_, callbacks) -> dict[str, float]:
+def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
+                  callbacks) -> dict[str, float]:
     """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
     (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data."""
     tc = cfg.trainer
     if tc.fast:
         from lenet_sweep import fast_fit
 
-        _, trainer = fast_fit.fit(model, data_.x_train, data_.y_train, batch_size=cfg.data.batch_size,
-                                  epochs=tc.epochs, seed=cfg.seed,
-                                  validation_data=(data_.x_val, data_.y_val), callbacks=callbacks,
-                                  verbose=tc.verbose, steps_per_execution=tc.steps_per_execution,
-                                  jit_compile=tc.jit_compile)
-        return trainer.evaluate(data_.x_test, data_.y_test)
-    train_ds, val_ds, test_ds = data_
+        t = data.to_tensors(splits)
+        _, trainer = fast_fit.fit(model, t.x_train, t.y_train, batch_size=cfg.data.batch_size,
+                                  epochs=tc.epochs, seed=cfg.seed, validation_data=(t.x_val, t.y_val),
+                                  callbacks=callbacks, verbose=tc.verbose,
+                                  steps_per_execution=tc.steps_per_execution, jit_compile=tc.jit_compile)
+        return trainer.evaluate(t.x_test, t.y_test)
+    train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
     model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, callbacks=callbacks,
               verbose=tc.verbose, shuffle=False)  # the tf.data pipeline reshuffles every epoch
     return {k: float(v) for k, v in model.evaluate(test_ds, return_dict=True, verbose=0).items()}
@@ -136,10 +137,6 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     device = devices.configure()
     keras.utils.set_random_seed(cfg.seed)
     tc = cfg.trainer
-    if tc.fast:  # in-graph loop over tensors (lenet_sweep.fast_fit); the test set as tf.data for predict
-        tensors, test_ds = data.to_tensors(splits), data.make_test_dataset(splits, cfg.data.batch_size)
-    else:  # Keras fit on the tf.data pipelines
-        train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
     model = build_lenet(cfg.model)
     steps = -(-len(splits.x_train) // cfg.data.batch_size)  # no more than an epoch per call
     model.compile(optimizer=make_optimizer(cfg.optimizer),
@@ -159,8 +156,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         logger = EpochLogger(client, run_id, len(splits.x_train))
         try:
-            test = _fit_and_test(model, cfg, tensors if tc.fast else (train_ds, val_ds, test_ds),
-                                 [logger, *callbacks])
+            test = _fit_and_test(model, cfg, splits, [logger, *callbacks])
         except BaseException:
             logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
             raise
