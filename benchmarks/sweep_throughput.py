@@ -5,7 +5,7 @@
 Both arms run the real CLI (`python -m lenet_sweep -m hydra/sweeper=optuna`) with the same sampler
 seed, search space, trial budget and worker count, into their own temporary stores:
   (a) batch:  hydra.launcher.asynchronous=false, pruner none  -> n_jobs trials per batch, wait for all
-  (b) async:  the default launcher, median pruner             -> a free worker starts the next trial
+  (b) async:  the default launcher, a pruner (--pruner)       -> a free worker starts the next trial
 Prints trials finished per minute, wall time and best val_accuracy for each, and the ratio (b)/(a).
 """
 
@@ -52,17 +52,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--pruner", default="median", help="median | successive_halving | hyperband")
     args = parser.parse_args()
+    pruner = [f"hydra.sweeper.pruner.name={args.pruner}"]
+    if args.pruner == "median":
+        pruner += ["hydra.sweeper.pruner.n_startup_trials=3", "hydra.sweeper.pruner.n_warmup_steps=0"]
     arms = [
         run_arm("batch, no pruning", ["hydra.launcher.asynchronous=false", "hydra.sweeper.pruner.name=none"], args),
-        run_arm("async + median pruning", ["hydra.sweeper.pruner.name=median",
-                                           "hydra.sweeper.pruner.n_startup_trials=3",
-                                           "hydra.sweeper.pruner.n_warmup_steps=0"], args),
+        run_arm(f"async + {args.pruner}", pruner, args),
     ]
     print(f"{args.trials} trials, {args.images} images, {args.epochs} epochs, n_jobs={args.jobs}")
-    print(f"{'arm':<24} {'wall s':>7} {'trials/min':>10} {'complete':>8} {'pruned':>6} {'failed':>6} {'best val_acc':>12}")
+    print(f"{'arm':<30} {'wall s':>7} {'trials/min':>10} {'complete':>8} {'pruned':>6} {'failed':>6} {'best val_acc':>12}")
     for a in arms:
-        print(f"{a['arm']:<24} {a['wall_s']:7.1f} {a['per_min']:10.2f} {a['complete']:8d} {a['pruned']:6d} "
+        print(f"{a['arm']:<30} {a['wall_s']:7.1f} {a['per_min']:10.2f} {a['complete']:8d} {a['pruned']:6d} "
               f"{a['failed']:6d} {a['best']:12.4f}")
     print(f"ratio (async+pruning / batch): {arms[1]['per_min'] / arms[0]['per_min']:.2f}x trials per minute")
 
