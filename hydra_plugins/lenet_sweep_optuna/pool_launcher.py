@@ -5,7 +5,7 @@ lenet_sweep Optuna sweeper uses to start a trial as soon as any worker is free.
 """
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton

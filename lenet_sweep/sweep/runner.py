@@ -15,7 +15,6 @@ from typing import Any, Mapping
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
@@ -68,6 +67,8 @@ class BatchLauncher:
 
     def shutdown(self, kill: bool = False) -> None:
         self.pending = []
+        if hasattr(self.launcher, "shutdown"):  # lenet_pool in batch mode: its workers
+            self.launcher.shutdown(kill=kill)
 
 
 class SweepRunner:
