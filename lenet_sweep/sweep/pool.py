@@ -73,9 +73,6 @@ class WorkerPool:
         self.slots: list[ProcessPoolExecutor | None] = [None] * n_workers
         self.busy: dict[int, Future] = {}
 
-    def placements(self) -> list[devices.Placement]:
-        return [devices.placement(s, self.n_workers, self.gpus, self.cpus) for s in range(self.n_workers)]
-
     def free_slot(self) -> int | None:
         return next((s for s in range(self.n_workers) if s not in self.busy), None)
 
