@@ -10,7 +10,6 @@ import time
 import traceback
 from pathlib import Path
 from typing import Iterator, Mapping
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import PROJECT_ROOT
-from lenet_sweep.redaction import redact  # noqa: F401  (tracking.redact: masks URL passwords in a text)
+from lenet_sweep.redaction import redact  # also tracking.redact: masks URL passwords in a text
 
 #: Keys kept out of a run's params: secrets (a URL may hold a password) and run plumbing.
 PRIVATE_KEYS = ("mlflow.tracking_uri", "mlflow.run_id")
@@ -37,13 +36,7 @@ def tracking_uri(mlflow_cfg) -> str:
 
 def mask_url(url: str | None) -> str | None:
     """The URL with any password replaced by ``***`` (safe for tags, logs and printed lines)."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{unquote(parts.username or '')}:***@{host}"))
+    return redact(url) if url else url
 
 
 def artifact_location(uri: str) -> str | None:
