@@ -94,8 +94,11 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def _error_text(exc: BaseException) -> str:
-    return redact("".join(traceback.format_exception_only(type(exc), exc)).strip())[:4000]
+def error_line(exc: BaseException, limit: int = 4000) -> str:
+    """``Type: message`` on one line with URL passwords masked (a run's ``error`` tag, a trial's
+    ``fail_reason``)."""
+    text = " ".join("".join(traceback.format_exception_only(type(exc), exc)).split())
+    return redact(text)[:limit]
 
 
 @contextlib.contextmanager
@@ -135,7 +138,7 @@ def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
             client.set_terminated(run_id, "KILLED")
             raise
         except BaseException as exc:
-            client.set_tag(run_id, "error", _error_text(exc))
+            client.set_tag(run_id, "error", error_line(exc))
             client.set_terminated(run_id, "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")

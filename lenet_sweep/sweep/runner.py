@@ -29,11 +29,6 @@ class SweepFailed(RuntimeError):
     """The sweep cannot go on (too many failures) or ended with no completed trial."""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return tracking.redact(f"{type(exc).__name__}: {text}")[:1000]
-
-
 def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{optimizer: {lr: x}}`` and ``{optimizer.lr: x}`` both become ``{"optimizer.lr": x}``."""
     flat: dict[str, Any] = {}
@@ -227,7 +222,7 @@ class SweepRunner:
         elif isinstance(ret._return_value, optuna.TrialPruned):
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            reason = _one_line(ret._return_value)
+            reason = tracking.error_line(ret._return_value, limit=1000)
         if reason is not None:
             studies.fail(study, trial._trial_id, reason)
         frozen = study._storage.get_trial(trial._trial_id)
