@@ -6,12 +6,15 @@ Both arms run the real CLI (`python -m lenet_sweep -m hydra/sweeper=optuna`) wit
 seed, search space, trial budget and worker count, into their own temporary stores:
   (a) batch:  hydra.launcher.asynchronous=false, pruner none  -> n_jobs trials per batch, wait for all
   (b) async:  the default launcher, a pruner (--pruner)       -> a free worker starts the next trial
-Prints trials finished per minute, wall time and best val_accuracy for each, and the ratio (b)/(a).
+Prints trials finished per minute, wall time and best val_accuracy for each, and the ratio (b)/(a);
+also the median duration of a completed and of a pruned trial and when the first trial started
+(seconds after the command), read from the study's storage.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,14 +36,22 @@ def run_arm(name: str, extra: list[str], args) -> dict:
                f"data.train_limit={args.images}", f"trainer.epochs={args.epochs}", "trainer.verbose=0",
                "hydra.sweeper.seed=0", f"hydra.sweeper.storage={tmp}/optuna.journal",
                f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"hydra.sweep.dir={tmp}/multirun", *extra]
-        start = time.perf_counter()
+        start, started = time.perf_counter(), time.time()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             sys.exit(f"{name} sweep failed:\n{proc.stderr[-3000:]}")
         study = optuna.load_study(study_name="lenet_sweep", storage=make_storage(f"{tmp}/optuna.journal"))
         states = [t.state for t in study.trials]
+
+        def seconds(state):  # median trial duration in that state, from the storage's timestamps
+            d = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+                 if t.state == state and t.datetime_start and t.datetime_complete]
+            return statistics.median(d) if d else float("nan")
+
         return {"arm": name, "wall_s": wall, "trials": len(states),
+                "complete_s": seconds(TrialState.COMPLETE), "pruned_s": seconds(TrialState.PRUNED),
+                "first_start_s": (min(t.datetime_start for t in study.trials).timestamp() - started),
                 "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
                 "failed": states.count(TrialState.FAIL), "per_min": 60 * len(states) / wall,
                 "best": study.best_value}
@@ -62,10 +73,12 @@ def main() -> None:
         run_arm(f"async + {args.pruner}", pruner, args),
     ]
     print(f"{args.trials} trials, {args.images} images, {args.epochs} epochs, n_jobs={args.jobs}")
-    print(f"{'arm':<30} {'wall s':>7} {'trials/min':>10} {'complete':>8} {'pruned':>6} {'failed':>6} {'best val_acc':>12}")
+    print(f"{'arm':<30} {'wall s':>7} {'trials/min':>10} {'complete':>8} {'pruned':>6} {'failed':>6} "
+          f"{'best val_acc':>12} {'s/complete':>10} {'s/pruned':>8} {'1st start s':>11}")
     for a in arms:
         print(f"{a['arm']:<30} {a['wall_s']:7.1f} {a['per_min']:10.2f} {a['complete']:8d} {a['pruned']:6d} "
-              f"{a['failed']:6d} {a['best']:12.4f}")
+              f"{a['failed']:6d} {a['best']:12.4f} {a['complete_s']:10.1f} {a['pruned_s']:8.1f} "
+              f"{a['first_start_s']:11.1f}")
     print(f"ratio (async+pruning / batch): {arms[1]['per_min'] / arms[0]['per_min']:.2f}x trials per minute")
 
 

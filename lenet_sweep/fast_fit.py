@@ -55,13 +55,31 @@ class InGraphTrainer:
                 idx = perm[i * batch_size:(i + 1) * batch_size]
                 step((tf.gather(x, idx), tf.gather(y, idx)))
 
-        @tf.function(reduce_retracing=True)  # validation, then test: other shapes, one trace
+        def batches(n):
+            return tf.range((n + EVAL_BATCH - 1) // EVAL_BATCH)
+
         def test_all(x, y):
-            n = tf.shape(x)[0]
-            for i in tf.range((n + EVAL_BATCH - 1) // EVAL_BATCH):
+            for i in batches(tf.shape(x)[0]):
                 test_step((x[i * EVAL_BATCH:(i + 1) * EVAL_BATCH], y[i * EVAL_BATCH:(i + 1) * EVAL_BATCH]))
 
-        self._train_chunk, self._test_all = train_chunk, test_all
+        def predict_classes(x):
+            n = tf.shape(x)[0]
+            out = tf.TensorArray(tf.int64, size=0, dynamic_size=True, infer_shape=False)
+            for i in batches(n):
+                out = out.write(i, tf.argmax(model(x[i * EVAL_BATCH:(i + 1) * EVAL_BATCH], training=False), -1))
+            return out.concat()
+
+        self._train_chunk, self._test_all, self._predict = train_chunk, test_all, predict_classes
+        self._traced: dict = {}
+
+    def _graph(self, name: str, x, y=None):
+        """``name``'s tf.function, traced once for any number of samples (validation, test, ...)."""
+        if name not in self._traced:
+            specs = [tf.TensorSpec([None, *x.shape[1:]], x.dtype)]
+            if y is not None:
+                specs.append(tf.TensorSpec([None, *y.shape[1:]], y.dtype))
+            self._traced[name] = tf.function(getattr(self, f"_{name}"), input_signature=specs)
+        return self._traced[name]
 
     def train_steps(self, x, y, perm, begin: int, end: int) -> None:
         self._train_chunk(x, y, perm, tf.constant(begin, tf.int32), tf.constant(end, tf.int32))
@@ -69,8 +87,12 @@ class InGraphTrainer:
     def evaluate(self, x, y) -> dict[str, float]:
         """Loss and metrics over all of (x, y), like ``model.evaluate(return_dict=True)``."""
         self.model.reset_metrics()
-        self._test_all(x, y)
+        self._graph("test_all", x, y)(x, y)
         return _floats(self.model.get_metrics_result())
+
+    def predict_classes(self, x) -> np.ndarray:
+        """The predicted class of every sample of ``x`` (argmax of the model's output)."""
+        return self._graph("predict", x)(x).numpy()
 
 
 def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,

@@ -7,9 +7,10 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
+import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,15 +78,15 @@ def make_optimizer(opt_cfg) -> keras.optimizers.Optimizer:
     raise ValueError(f"optimizer.name={opt_cfg.name} is unknown: use optimizer=sgd or optimizer=adam")
 
 
-def log_figures(client: MlflowClient, run_id: str, model, splits: data.Splits,
-                history: list[dict[str, float]]) -> None:
+def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np.ndarray], np.ndarray],
+                splits: data.Splits, history: list[dict[str, float]]) -> None:
     """Artifacts ``figures/`` (curves, confusion matrix, misclassified images) and metrics
     ``test_accuracy_<class>``, from one prediction pass over the test set. Pictures never fail a run."""
     start = time.perf_counter()
     try:
         from lenet_sweep import figures
 
-        y_pred = model.predict(splits.x_test, batch_size=1024, verbose=0).argmax(axis=-1)
+        y_pred = predict_classes(splits.x_test)
         with tempfile.TemporaryDirectory() as tmp:
             per_class = figures.write_run_figures(Path(tmp), history, splits.y_test, y_pred,
                                                   splits.x_test)
@@ -98,9 +99,11 @@ def log_figures(client: MlflowClient, run_id: str, model, splits: data.Splits,
 
 
 def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
-                  callbacks) -> dict[str, float]:
+                  callbacks) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray]]:
     """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
-    (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data."""
+    (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data.
+
+    Returns the test metrics and a function giving the predicted class of each image."""
     tc = cfg.trainer
     if tc.fast:
         from lenet_sweep import fast_fit
@@ -110,11 +113,13 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
                                   epochs=tc.epochs, seed=cfg.seed, validation_data=(t.x_val, t.y_val),
                                   callbacks=callbacks, verbose=tc.verbose,
                                   steps_per_execution=tc.steps_per_execution, jit_compile=tc.jit_compile)
-        return trainer.evaluate(t.x_test, t.y_test)
+        return trainer.evaluate(t.x_test, t.y_test), trainer.predict_classes
     train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
     model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, callbacks=callbacks,
               verbose=tc.verbose, shuffle=False)  # the tf.data pipeline reshuffles every epoch
-    return {k: float(v) for k, v in model.evaluate(test_ds, return_dict=True, verbose=0).items()}
+    test = model.evaluate(test_ds, return_dict=True, verbose=0)
+    return ({k: float(v) for k, v in test.items()},
+            lambda x: model.predict(x, batch_size=1024, verbose=0).argmax(axis=-1))
 
 
 def _hydra_dir() -> tuple[Path | None, str]:
@@ -156,7 +161,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         logger = EpochLogger(client, run_id, len(splits.x_train))
         try:
-            test = _fit_and_test(model, cfg, splits, [logger, *callbacks])
+            test, predict_classes = _fit_and_test(model, cfg, splits, [logger, *callbacks])
         except BaseException:
             logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
             raise
@@ -164,7 +169,10 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         metrics = {**logger.history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
         tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
                              step=len(logger.history) - 1)
-        log_figures(client, run_id, model, splits, logger.history)
+        if model.stop_training:  # stopped early by a callback (a pruned trial): no pictures
+            print("training stopped early: figures/ not written")
+        else:
+            log_figures(client, run_id, predict_classes, splits, logger.history)
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "lenet.weights.h5"
             model.save_weights(weights)
