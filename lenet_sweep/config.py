@@ -26,6 +26,11 @@ class ConfigError(UserError, ValueError):
     """A config value out of its range; the message names the key and a valid example."""
 
 
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss became NaN or infinite; training stopped at that epoch. Defined here, not in
+    :mod:`lenet_sweep.train`: a sweeper unpickling a failed trial's error must not import TensorFlow."""
+
+
 class Activation(Enum):
     sigmoid = "sigmoid"
     relu = "relu"

@@ -15,12 +15,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import data, devices, tracking
-from lenet_sweep.config import UserError, validate
+from lenet_sweep.config import TrainingDiverged, validate
 from lenet_sweep.model import build_lenet, format_shape_table
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """The loss became NaN or infinite; training stopped at that epoch."""
 
 
 class EpochLogger(keras.callbacks.Callback):

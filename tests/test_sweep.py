@@ -2,6 +2,7 @@
 
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -184,3 +185,14 @@ def test_command_line_fixes_or_sweeps_keys_of_the_config_space():
     assert set(space) == {"optimizer.momentum", "trainer.epochs"}  # lr is fixed by the command line
     assert space["trainer.epochs"].choices == (1, 12)  # a sweep wins over a fixed value of its key
     assert fixed == ["optimizer.lr=0.3"]
+
+
+
+def test_a_failed_trials_error_unpickles_without_tensorflow():
+    # the sweeper unpickles each failed job's exception; importing TensorFlow for it took 7 s
+    from lenet_sweep.train import TrainingDiverged
+
+    probe = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], input=pickle.dumps(TrainingDiverged("nan")),
+                         capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "False"
