@@ -1,6 +1,6 @@
 """Sweep throughput: batch-blocking without pruning vs asynchronous with pruning, same space and budget.
 
-    .venv/bin/python benchmarks/sweep_throughput.py [--trials 12] [--images 5000] [--epochs 4] [--jobs 2]
+    .venv/bin/python benchmarks/sweep_throughput.py [--trials 12] [--images 5000] [--epochs 4] [--jobs 2] [--pruner median ...]
 
 Both arms run the real CLI (`python -m lenet_sweep -m hydra/sweeper=optuna`) with the same sampler
 seed, search space, trial budget and worker count, into their own temporary stores:
@@ -63,15 +63,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--pruner", default="median", help="median | successive_halving | hyperband")
+    parser.add_argument("--pruner", nargs="+", default=["median"],
+                        help="median | successive_halving | hyperband; several: one async arm each")
     args = parser.parse_args()
-    pruner = [f"hydra.sweeper.pruner.name={args.pruner}"]
-    if args.pruner == "median":
-        pruner += ["hydra.sweeper.pruner.n_startup_trials=3", "hydra.sweeper.pruner.n_warmup_steps=0"]
-    arms = [
-        run_arm("batch, no pruning", ["hydra.launcher.asynchronous=false", "hydra.sweeper.pruner.name=none"], args),
-        run_arm(f"async + {args.pruner}", pruner, args),
-    ]
+    arms = [run_arm("batch, no pruning", ["hydra.launcher.asynchronous=false", "hydra.sweeper.pruner.name=none"], args)]
+    for name in args.pruner:
+        pruner = [f"hydra.sweeper.pruner.name={name}"]
+        if name == "median":
+            pruner += ["hydra.sweeper.pruner.n_startup_trials=3", "hydra.sweeper.pruner.n_warmup_steps=0"]
+        arms.append(run_arm(f"async + {name}", pruner, args))
     print(f"{args.trials} trials, {args.images} images, {args.epochs} epochs, n_jobs={args.jobs}")
     print(f"{'arm':<30} {'wall s':>7} {'trials/min':>10} {'complete':>8} {'pruned':>6} {'failed':>6} "
           f"{'best val_acc':>12} {'s/complete':>10} {'s/pruned':>8} {'1st start s':>11}")
@@ -79,7 +79,9 @@ def main() -> None:
         print(f"{a['arm']:<30} {a['wall_s']:7.1f} {a['per_min']:10.2f} {a['complete']:8d} {a['pruned']:6d} "
               f"{a['failed']:6d} {a['best']:12.4f} {a['complete_s']:10.1f} {a['pruned_s']:8.1f} "
               f"{a['first_start_s']:11.1f}")
-    print(f"ratio (async+pruning / batch): {arms[1]['per_min'] / arms[0]['per_min']:.2f}x trials per minute")
+    for a in arms[1:]:
+        print(f"ratio ({a['arm']} / batch): {a['per_min'] / arms[0]['per_min']:.2f}x trials per minute, "
+              f"best val_accuracy {a['best'] - arms[0]['best']:+.4f}")
 
 
 if __name__ == "__main__":

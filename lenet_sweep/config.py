@@ -87,7 +87,7 @@ class TrainerConfig:
     verbose: int = 1  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
     fast: bool = True  # in-graph training loop over in-memory tensors; false: Keras fit on tf.data
     steps_per_execution: int = 100  # batches per compiled call; batch callbacks/progress bar update this often
-    jit_compile: bool = False  # XLA; slower than oneDNN for LeNet on CPU (see README, Training speed)
+    jit_compile: Optional[bool] = None  # XLA; null: the fast path measures which is faster here (README)
 
 
 @dataclass

@@ -18,6 +18,7 @@ Validation runs in batches of :data:`EVAL_BATCH` (the mean is the same, up to fl
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import keras
@@ -45,7 +46,7 @@ class InGraphTrainer:
     """Runs ``model.train_step`` / ``model.test_step`` over in-memory tensors, in-graph."""
 
     def __init__(self, model: keras.Model, batch_size: int, jit_compile: bool = False):
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.jit_compile = model, batch_size, jit_compile
         step = tf.function(model.train_step, jit_compile=True) if jit_compile else model.train_step
         test_step = tf.function(model.test_step, jit_compile=True) if jit_compile else model.test_step
 
@@ -95,18 +96,57 @@ class InGraphTrainer:
         return self._graph("predict", x)(x).numpy()
 
 
+#: per process, (batch size, dtype, variable shapes) -> True where the XLA step measured faster
+MEASURED: dict[tuple, bool] = {}
+
+
+class JitChooser:
+    """``jit_compile=None``: the first training chunks run with and without XLA, each once to trace
+    (and compile) and once timed; the faster per step trains the rest, and later runs of the same
+    shape in this process (a sweep worker's next trials) take it without measuring again. Every chunk
+    is a real training chunk: the steps and their order are the same whichever variant runs them."""
+
+    def __init__(self, model, batch_size: int, x, jit_compile: bool | None):
+        self.model, self.batch_size = model, batch_size
+        self.key = (batch_size, x.dtype.name, tuple(tuple(v.shape) for v in model.trainable_variables))
+        self.choice = MEASURED.get(self.key) if jit_compile is None else jit_compile
+        self.plan = [True, True, False, False] if self.choice is None else []
+        self.per_step: dict[bool, float] = {}
+        self.trainers: dict[bool, InGraphTrainer] = {}
+
+    def trainer(self, jit: bool | None = None) -> InGraphTrainer:
+        jit = bool(self.choice) if jit is None else jit
+        if jit not in self.trainers:
+            self.trainers[jit] = InGraphTrainer(self.model, self.batch_size, jit)
+        return self.trainers[jit]
+
+    def train_steps(self, x, y, perm, begin: int, end: int) -> None:
+        if not self.plan:
+            return self.trainer().train_steps(x, y, perm, begin, end)
+        jit, timed = self.plan[0], self.plan.count(self.plan[0]) == 1  # the 2nd call of a variant
+        start = time.perf_counter()
+        self.trainer(jit).train_steps(x, y, perm, begin, end)
+        self.plan.pop(0)
+        if timed:
+            self.per_step[jit] = (time.perf_counter() - start) / (end - begin)
+        if not self.plan:
+            self.choice = MEASURED[self.key] = self.per_step[True] < self.per_step[False]
+
+
 def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
         validation_data: tuple | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
         verbose: int = 1, steps_per_execution: int = 1,
-        jit_compile: bool = False) -> tuple[keras.callbacks.History, InGraphTrainer]:
+        jit_compile: bool | None = False) -> tuple[keras.callbacks.History, InGraphTrainer]:
     """Train a compiled ``model`` on tensors ``x``, ``y`` (see the module docstring).
+    ``jit_compile=None`` measures which is faster here, XLA or not (:class:`JitChooser`).
 
-    Returns the History (also in ``model.history``) and the trainer (its ``evaluate`` is fast).
+    Returns the History (also in ``model.history``) and the trainer (its ``evaluate`` is fast; its
+    ``jit_compile`` says which variant trained).
     """
     n = int(x.shape[0])
     steps = -(-n // batch_size)
     _build(model, x, y)
-    trainer = InGraphTrainer(model, batch_size, jit_compile)
+    chooser = JitChooser(model, batch_size, x, jit_compile)
     rng = np.random.default_rng(seed)
     cbs = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                        model=model, verbose=verbose, epochs=epochs, steps=steps)
@@ -120,16 +160,16 @@ def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
         for begin in range(0, steps, steps_per_execution):
             end = min(begin + steps_per_execution, steps)
             cbs.on_train_batch_begin(begin)
-            trainer.train_steps(x, y, perm, begin, end)
+            chooser.train_steps(x, y, perm, begin, end)
             cbs.on_train_batch_end(end - 1, _floats(model.get_metrics_result()))
             if model.stop_training:
                 break
         logs = _floats(model.get_metrics_result())
         if validation_data is not None:
-            val = trainer.evaluate(*validation_data)
+            val = chooser.trainer().evaluate(*validation_data)
             logs.update({f"val_{k}": v for k, v in val.items()})
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     cbs.on_train_end(logs)
-    return model.history, trainer
+    return model.history, chooser.trainer()

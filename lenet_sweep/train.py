@@ -95,11 +95,12 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
 
 
 def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
-                  callbacks) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray]]:
+                  callbacks) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray], bool]:
     """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
     (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data.
 
-    Returns the test metrics and a function giving the predicted class of each image."""
+    Returns the test metrics, a function giving the predicted class of each image, and whether the
+    training step was compiled by XLA (``trainer.jit_compile=null``: the fast path measures)."""
     tc = cfg.trainer
     if tc.fast:
         from lenet_sweep import fast_fit
@@ -109,13 +110,13 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
                                   epochs=tc.epochs, seed=cfg.seed, validation_data=(t.x_val, t.y_val),
                                   callbacks=callbacks, verbose=tc.verbose,
                                   steps_per_execution=tc.steps_per_execution, jit_compile=tc.jit_compile)
-        return trainer.evaluate(t.x_test, t.y_test), trainer.predict_classes
+        return trainer.evaluate(t.x_test, t.y_test), trainer.predict_classes, trainer.jit_compile
     train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
     model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, callbacks=callbacks,
               verbose=tc.verbose, shuffle=False)  # the tf.data pipeline reshuffles every epoch
     test = model.evaluate(test_ds, return_dict=True, verbose=0)
     return ({k: float(v) for k, v in test.items()},
-            lambda x: model.predict(x, batch_size=1024, verbose=0).argmax(axis=-1))
+            lambda x: model.predict(x, batch_size=1024, verbose=0).argmax(axis=-1), bool(tc.jit_compile))
 
 
 def _hydra_dir() -> tuple[Path | None, str]:
@@ -142,7 +143,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     steps = -(-len(splits.x_train) // cfg.data.batch_size)  # no more than an epoch per call
     model.compile(optimizer=make_optimizer(cfg.optimizer),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=tc.jit_compile, steps_per_execution=min(tc.steps_per_execution, steps))
+                  jit_compile=bool(tc.jit_compile), steps_per_execution=min(tc.steps_per_execution, steps))
     summary = format_shape_table(model)
     print(summary)
 
@@ -157,11 +158,12 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         logger = EpochLogger(client, run_id, len(splits.x_train))
         try:
-            test, predict_classes = _fit_and_test(model, cfg, splits, [logger, *callbacks])
+            test, predict_classes, xla = _fit_and_test(model, cfg, splits, [logger, *callbacks])
         except BaseException:
             logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
             raise
         logger.close()
+        client.set_tag(run_id, "xla", str(xla).lower())  # the choice trainer.jit_compile=null made
         metrics = {**logger.history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
         tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
                              step=len(logger.history) - 1)

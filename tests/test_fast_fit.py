@@ -26,8 +26,10 @@ def compiled_lenet(cfg, seed=3):
     return model
 
 
-def test_same_updates_and_logs_as_keras_fit(small):
-    """One epoch over the same batch order: fast_fit and model.fit end with the same weights/logs."""
+@pytest.mark.parametrize("xla", [False, True])
+def test_same_updates_and_logs_as_keras_fit(small, xla):
+    """One epoch over the same batch order: fast_fit and model.fit end with the same weights/logs,
+    with or without XLA compiling the step."""
     x, y, xv, yv = small
     cfg = compose_cfg()
     plain, fast = compiled_lenet(cfg), compiled_lenet(cfg)
@@ -35,7 +37,8 @@ def test_same_updates_and_logs_as_keras_fit(small):
     ref = plain.fit(x[order], y[order], batch_size=32, epochs=1, shuffle=False, verbose=0,
                     validation_data=(xv, yv)).history
     history, trainer = fast_fit.fit(fast, x, y, batch_size=32, epochs=1, seed=11,
-                                    validation_data=(xv, yv), verbose=0, steps_per_execution=7)
+                                    validation_data=(xv, yv), verbose=0, steps_per_execution=7,
+                                    jit_compile=xla)
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     for key, values in ref.items():
         assert history.history[key][0] == pytest.approx(values[0], rel=1e-4, abs=1e-5), key
@@ -79,7 +82,7 @@ def test_callbacks_each_epoch_batches_per_chunk_and_stop_training(small):
 
 def test_keys_in_config_and_validated():
     t = compose_cfg().trainer
-    assert (t.fast, t.steps_per_execution, t.jit_compile) == (True, 100, False)
+    assert (t.fast, t.steps_per_execution, t.jit_compile) == (True, 100, None)
     with pytest.raises(ConfigError, match="trainer.steps_per_execution=0 is invalid"):
         validate(compose_cfg(["trainer.steps_per_execution=0"]))
 
@@ -93,6 +96,7 @@ def test_both_paths_run_and_log(mlflow_uri, client, extra):
     [run] = all_runs(client)
     assert run.info.status == "FINISHED"
     assert run.data.params["trainer.fast"] == str("trainer.fast=false" not in extra)
+    assert run.data.tags["xla"] in {"true", "false"}  # what trainer.jit_compile=null chose
     history = client.get_metric_history(run.info.run_id, "samples_per_second")
     assert sorted(m.step for m in history) == [0, 1] and all(m.value > 0 for m in history)
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy"} <= set(metrics)
@@ -107,3 +111,26 @@ def test_fast_and_plain_reach_the_same_accuracy(mlflow_uri):
     plain = train(compose_cfg([*common, "trainer.fast=false", "trainer.steps_per_execution=1"]))
     assert fast["test_accuracy"] > 0.6 and plain["test_accuracy"] > 0.6
     assert abs(fast["test_accuracy"] - plain["test_accuracy"]) < 0.07
+
+
+def test_jit_compile_null_measures_both_and_keeps_the_faster(small, monkeypatch):
+    """Chunks 1-2 run with XLA, 3-4 without (each traced, then timed); the rest use the faster, and a
+    later run of the same shape in this process takes that choice without measuring again."""
+    x, y, xv, yv = small
+    monkeypatch.setattr(fast_fit, "MEASURED", {})
+    used, real = [], fast_fit.InGraphTrainer.train_steps
+
+    def record(self, *args):
+        used.append(self.jit_compile)
+        return real(self, *args)
+
+    monkeypatch.setattr(fast_fit.InGraphTrainer, "train_steps", record)
+    _, trainer = fast_fit.fit(compiled_lenet(compose_cfg()), x, y, batch_size=32, epochs=1, seed=0,
+                              validation_data=(xv, yv), verbose=0, steps_per_execution=3, jit_compile=None)
+    assert used[:4] == [True, True, False, False]  # 19 batches: 7 chunks of up to 3
+    assert len(used) == 7 and set(used[4:]) == {trainer.jit_compile}
+    assert list(fast_fit.MEASURED.values()) == [trainer.jit_compile]
+    used.clear()
+    _, again = fast_fit.fit(compiled_lenet(compose_cfg()), x, y, batch_size=32, epochs=1, seed=0,
+                            verbose=0, steps_per_execution=3, jit_compile=None)
+    assert used == [trainer.jit_compile] * 7 and again.jit_compile == trainer.jit_compile
