@@ -113,9 +113,12 @@ class JitChooser:
         self.plan = [True, True, False, False] if self.choice is None else []
         self.per_step: dict[bool, float] = {}
         self.trainers: dict[bool, InGraphTrainer] = {}
+        self.last = bool(self.choice)  # the variant of the last chunk (a run too short to choose)
 
     def trainer(self, jit: bool | None = None) -> InGraphTrainer:
-        jit = bool(self.choice) if jit is None else jit
+        """The trainer of ``jit``; by default of the choice, or while measuring of the last chunk."""
+        if jit is None:
+            jit = self.last if self.choice is None else self.choice
         if jit not in self.trainers:
             self.trainers[jit] = InGraphTrainer(self.model, self.batch_size, jit)
         return self.trainers[jit]
@@ -124,6 +127,7 @@ class JitChooser:
         if not self.plan:
             return self.trainer().train_steps(x, y, perm, begin, end)
         jit, timed = self.plan[0], self.plan.count(self.plan[0]) == 1  # the 2nd call of a variant
+        self.last = jit
         start = time.perf_counter()
         self.trainer(jit).train_steps(x, y, perm, begin, end)
         self.plan.pop(0)
