@@ -18,10 +18,17 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
 
 import cloudpickle
+import optuna
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 
-from lenet_sweep import devices
+from lenet_sweep import devices, tracking
+
+
+class JobFailed(Exception):
+    """A failed job's exception as its one line (``tracking.error_line``). Unpickling the original in
+    the sweeper would import its module, TensorFlow's or Keras' included (seconds, with the slot held);
+    an exception that does not pickle at all is covered too."""
 
 
 def _init_worker(env: dict[str, str]) -> None:
@@ -47,12 +54,9 @@ def _run_job(payload: bytes) -> bytes:
     HydraConfig.instance().set_config(sweep_config)
     ret = run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    try:
-        return cloudpickle.dumps(ret)
-    except Exception:  # an exception that does not pickle: keep its text
-        exc = ret._return_value
-        ret._return_value = RuntimeError(f"{type(exc).__name__}: {exc}")
-        return cloudpickle.dumps(ret)
+    if ret.status == JobStatus.FAILED and not isinstance(ret._return_value, optuna.TrialPruned):
+        ret._return_value = JobFailed(tracking.error_line(ret._return_value))
+    return cloudpickle.dumps(ret)
 
 
 def _result(future: Future, overrides: Sequence[str]) -> JobReturn:

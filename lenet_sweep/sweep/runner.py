@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from lenet_sweep import devices, tracking
 from lenet_sweep.sweep import runs
+from lenet_sweep.sweep.pool import JobFailed
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override_key, parse_space,
                                      split_overrides)
@@ -222,7 +223,8 @@ class SweepRunner:
         elif isinstance(ret._return_value, optuna.TrialPruned):
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            reason = tracking.error_line(ret._return_value, limit=1000)
+            exc = ret._return_value  # from lenet_pool already one line (JobFailed)
+            reason = str(exc)[:1000] if isinstance(exc, JobFailed) else tracking.error_line(exc, limit=1000)
         if reason is not None:
             studies.fail(study, trial._trial_id, reason)
         frozen = study._storage.get_trial(trial._trial_id)
