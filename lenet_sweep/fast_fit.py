@@ -109,16 +109,16 @@ class JitChooser:
     def __init__(self, model, batch_size: int, x, jit_compile: bool | None):
         self.model, self.batch_size = model, batch_size
         self.key = (batch_size, x.dtype.name, tuple(tuple(v.shape) for v in model.trainable_variables))
-        self.choice = MEASURED.get(self.key) if jit_compile is None else jit_compile
-        self.plan = [True, True, False, False] if self.choice is None else []
+        chosen = MEASURED.get(self.key) if jit_compile is None else jit_compile
+        # (variant, timed?): each variant once to trace or compile, then once timed
+        self.plan = [(True, False), (True, True), (False, False), (False, True)] if chosen is None else []
+        self.jit = bool(chosen)  # the choice; while measuring, the last chunk's (a run too short to choose)
         self.per_step: dict[bool, float] = {}
         self.trainers: dict[bool, InGraphTrainer] = {}
-        self.last = bool(self.choice)  # the variant of the last chunk (a run too short to choose)
 
     def trainer(self, jit: bool | None = None) -> InGraphTrainer:
-        """The trainer of ``jit``; by default of the choice, or while measuring of the last chunk."""
-        if jit is None:
-            jit = self.last if self.choice is None else self.choice
+        """The trainer of ``jit``, by default of ``self.jit``."""
+        jit = self.jit if jit is None else jit
         if jit not in self.trainers:
             self.trainers[jit] = InGraphTrainer(self.model, self.batch_size, jit)
         return self.trainers[jit]
@@ -126,15 +126,13 @@ class JitChooser:
     def train_steps(self, x, y, perm, begin: int, end: int) -> None:
         if not self.plan:
             return self.trainer().train_steps(x, y, perm, begin, end)
-        jit, timed = self.plan[0], self.plan.count(self.plan[0]) == 1  # the 2nd call of a variant
-        self.last = jit
+        self.jit, timed = self.plan.pop(0)
         start = time.perf_counter()
-        self.trainer(jit).train_steps(x, y, perm, begin, end)
-        self.plan.pop(0)
+        self.trainer().train_steps(x, y, perm, begin, end)
         if timed:
-            self.per_step[jit] = (time.perf_counter() - start) / (end - begin)
+            self.per_step[self.jit] = (time.perf_counter() - start) / (end - begin)
         if not self.plan:
-            self.choice = MEASURED[self.key] = self.per_step[True] < self.per_step[False]
+            self.jit = MEASURED[self.key] = self.per_step[True] < self.per_step[False]
 
 
 def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
