@@ -115,7 +115,7 @@ def lenet_sweep(batch: int, images: int | None, epochs: int, seed: int, plain: b
     from hydra import compose, initialize_config_dir
     from mlflow.tracking import MlflowClient
 
-    from lenet_sweep import PROJECT_ROOT
+    from lenet_sweep import CONF_DIR
     from lenet_sweep import train as train_mod
     from lenet_sweep.config import register
 
@@ -135,7 +135,7 @@ def lenet_sweep(batch: int, images: int | None, epochs: int, seed: int, plain: b
                      f"mlflow.tracking_uri={uri}"]
         if plain:
             overrides += ["trainer.fast=false", "trainer.steps_per_execution=1"]
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         timer = epoch_timer()
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -12,10 +13,11 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from lenet_sweep import PROJECT_ROOT  # noqa: E402
+from lenet_sweep import CONF_DIR  # noqa: E402
 from lenet_sweep.config import ConfigError, UserError, register, validate  # noqa: E402
 
 register()
+log = logging.getLogger(__name__)
 
 
 def objective(metrics: dict[str, float], name: str) -> float:
@@ -25,11 +27,24 @@ def objective(metrics: dict[str, float], name: str) -> float:
     return float(metrics[name])
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
+def _traceback_to_log_file(exc: BaseException) -> None:
+    """The full traceback into the job's log file (Hydra's file handler) only: the console keeps
+    one line per failure."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "the run failed", None,
+                            (type(exc), exc, exc.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)  # before TensorFlow is imported
-        from lenet_sweep.train import train
+        from lenet_sweep.quiet import startup_lines_filtered
+
+        with startup_lines_filtered():
+            from lenet_sweep.train import train
 
         if cfg.trial_number is None:
             return objective(train(cfg), cfg.objective)
@@ -40,9 +55,13 @@ def main(cfg: DictConfig) -> float:
         pruning.raise_if_pruned()  # after the run is recorded; the sweeper tells Optuna PRUNED
         return objective(metrics, cfg.objective)
     except UserError as exc:
+        _traceback_to_log_file(exc)
         if HydraConfig.get().mode == RunMode.RUN:  # one line, no traceback
             sys.exit(f"error: {exc}")
         raise  # in a sweep the trial fails with this reason and the sweep goes on
+    except Exception as exc:
+        _traceback_to_log_file(exc)
+        raise
 
 
 if __name__ == "__main__":

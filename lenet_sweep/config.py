@@ -7,7 +7,7 @@ checked by :func:`validate`, which runs before TensorFlow is imported.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, List, Optional
 
@@ -96,6 +96,8 @@ class MlflowConfig:
     experiment_name: str = "lenet_sweep"
     run_name: Optional[str] = None
     run_id: Optional[str] = None  # set by the sweeper: log into this (child) run
+    register: bool = False  # register this run's model (README: From sweep to served model)
+    registered_model: str = "lenet_sweep"  # registered model name; a sweep registers its winner here
 
 
 @dataclass
@@ -124,9 +126,27 @@ def _check(ok: bool, key: str, value: Any, rule: str, example: str) -> None:
         raise ConfigError(f"{key}={value} is invalid: {rule} (for example {key}={example})")
 
 
+#: optimizer group option -> its schema; the group's ``name`` key must be the option's name
+OPTIMIZERS = {"sgd": SGDConfig, "adam": AdamConfig}
+
+
+def _check_optimizer_name(opt: DictConfig) -> None:
+    """``optimizer.name`` only labels the group chosen with ``optimizer=…``: setting it alone
+    (``optimizer.name=adam`` on the sgd group, or an unknown name) would train another optimizer
+    than the one the config describes."""
+    keys = set(opt.keys())
+    group = next((n for n, schema in OPTIMIZERS.items()
+                  if keys == {f.name for f in fields(schema)}), None)
+    if opt.name != group:
+        choices = ", ".join(f"optimizer={n}" for n in OPTIMIZERS)
+        raise ConfigError(f"optimizer.name={opt.name} is invalid: choose the optimizer with the group "
+                          f"({choices}), not with optimizer.name")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is out of range."""
     opt, data = cfg.optimizer, cfg.data
+    _check_optimizer_name(opt)
     _check(math.isfinite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0", "0.1")
     if "momentum" in opt:
         m = opt.momentum

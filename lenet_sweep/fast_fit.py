@@ -18,12 +18,18 @@ Validation runs in batches of :data:`EVAL_BATCH` (the mean is the same, up to fl
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+# Every trial a sweep worker runs builds its own tf.functions: TensorFlow's "triggered tf.function
+# retracing" warning is expected there, not a sign of a retracing loop.
+logging.getLogger("tensorflow").addFilter(
+    lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 #: batch size for validation/test passes: larger batches, fewer steps; the mean does not depend on it
 EVAL_BATCH = 1024

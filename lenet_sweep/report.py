@@ -9,6 +9,7 @@ parent run). No TensorFlow here.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -24,6 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lenet_sweep import tracking
 from lenet_sweep.sweep import study as studies
+
+logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" notes
 
 TABLE_CSV = "ranked_trials.csv"
 TABLE_MD = "ranked_trials.md"

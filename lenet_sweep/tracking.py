@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import time
 import traceback
@@ -16,7 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import PROJECT_ROOT
+from lenet_sweep import PROJECT_ROOT, stores
 from lenet_sweep.redaction import redact  # also tracking.redact: masks URL passwords in a text
 
 #: Keys kept out of a run's params: secrets (a URL may hold a password) and run plumbing.
@@ -47,21 +46,17 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
-def retry_race(create, attempts: int = 5):
-    """Workers started at once on a fresh database race to create its tables (or the experiment);
-    the losers wait a moment and find them made."""
-    for attempt in range(attempts):
-        try:
-            return create()
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 + random.random())
+_CHECKED: set[str] = set()
 
 
 def client_for(mlflow_cfg) -> MlflowClient:
-    """A client of the configured store (MLflow creates a database's tables on first use)."""
-    return retry_race(lambda: MlflowClient(tracking_uri(mlflow_cfg)))
+    """A client of the configured store (MLflow creates a database's tables on first use). The
+    store is checked once per process first: an unreachable one is a one-line ``StoreError``."""
+    uri = tracking_uri(mlflow_cfg)
+    if uri not in _CHECKED:
+        stores.check_tracking_uri(uri)
+        _CHECKED.add(uri)
+    return stores.retry_race(lambda: MlflowClient(uri))
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -72,7 +67,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
             return exp.experiment_id
         return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
 
-    return retry_race(get_or_create)
+    return stores.retry_race(get_or_create)
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
@@ -99,6 +94,19 @@ def error_line(exc: BaseException, limit: int = 4000) -> str:
     ``fail_reason``)."""
     text = " ".join("".join(traceback.format_exception_only(type(exc), exc)).split())
     return redact(text)[:limit]
+
+
+ERROR_ARTIFACT = "error.txt"
+
+
+def log_traceback(client: MlflowClient, run_id: str, exc: BaseException | str) -> None:
+    """The full traceback (passwords masked) as the run's ``error.txt``; the ``error`` tag keeps the
+    one line. Never raises: the run's status matters more."""
+    text = exc if isinstance(exc, str) else "".join(traceback.format_exception(exc))
+    try:
+        client.log_text(run_id, redact(text), ERROR_ARTIFACT)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 @contextlib.contextmanager
@@ -139,6 +147,7 @@ def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
             raise
         except BaseException as exc:
             client.set_tag(run_id, "error", error_line(exc))
+            log_traceback(client, run_id, exc)
             client.set_terminated(run_id, "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -14,9 +15,12 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import data, devices, tracking
+from lenet_sweep import data, devices, provenance, registry, tracking
 from lenet_sweep.config import TrainingDiverged, validate
 from lenet_sweep.model import build_lenet, format_shape_table
+from lenet_sweep.quiet import startup_lines_filtered
+
+log = logging.getLogger(__name__)
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -119,6 +123,13 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
             lambda x: model.predict(x, batch_size=1024, verbose=0).argmax(axis=-1), bool(tc.jit_compile))
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _hydra_dir() -> tuple[Path | None, str]:
     """Hydra's output folder and the overrides of this job, when run under Hydra."""
     from hydra.core.hydra_config import HydraConfig
@@ -136,7 +147,8 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     """
     validate(cfg)
     splits = data.load(cfg.data)  # missing/corrupt data fails here, before any MLflow run exists
-    device = devices.configure()
+    with startup_lines_filtered():  # the first device query prints CUDA start-up lines
+        device = devices.configure()
     keras.utils.set_random_seed(cfg.seed)
     tc = cfg.trainer
     model = build_lenet(cfg.model)
@@ -145,7 +157,8 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=bool(tc.jit_compile), steps_per_execution=min(tc.steps_per_execution, steps))
     summary = format_shape_table(model)
-    print(summary)
+    if tc.verbose:
+        print(summary)
 
     client = tracking.client_for(cfg.mlflow)
     output_dir, overrides = _hydra_dir()
@@ -154,6 +167,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
                            cfg.mlflow.run_name, tags) as run_id:
         tracking.log_params(client, run_id, {**tracking.flat_params(cfg),
                                              "num_params": model.count_params()})
+        provenance.log_run(client, run_id, cfg, model, splits)  # versions, commit, threads, data
         client.log_text(run_id, summary, "model_summary.txt")
         client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         logger = EpochLogger(client, run_id, len(splits.x_train))
@@ -168,7 +182,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
         tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
                              step=len(logger.history) - 1)
         if model.stop_training:  # stopped early by a callback (a pruned trial): no pictures
-            print("training stopped early: figures/ not written")
+            log.info("training stopped early: figures/ not written")
         else:
             log_figures(client, run_id, predict_classes, splits, logger.history)
         with tempfile.TemporaryDirectory() as tmp:
@@ -177,6 +191,8 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
             client.log_artifact(run_id, str(weights))
         if output_dir is not None and (output_dir / ".hydra").is_dir():
             tracking.log_redacted_dir(client, run_id, output_dir / ".hydra", ".hydra")
-    print(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
-          f"mlflow_run_id={run_id}")
+    if not _in_sweep():  # a sweep prints one line per trial itself
+        print(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
+              f"mlflow_run_id={run_id}")
+    registry.register_if_asked(client, run_id, cfg)  # mlflow.register=true; never fails the run
     return metrics

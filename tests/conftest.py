@@ -12,11 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from lenet_sweep import PROJECT_ROOT
+from lenet_sweep import CONF_DIR
 from lenet_sweep.config import register
 
 register()
-CONF = str(PROJECT_ROOT / "conf")
+CONF = str(CONF_DIR)
 TINY = ["trainer.epochs=1", "data.train_limit=512", "data.test_limit=500", "trainer.verbose=0"]
 
 

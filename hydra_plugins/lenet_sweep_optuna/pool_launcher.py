@@ -4,6 +4,7 @@
 lenet_sweep Optuna sweeper uses to start a trial as soon as any worker is free.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -52,7 +53,9 @@ class PoolLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from concurrent.futures import wait
 
-        pool = self.start(len(job_overrides))
+        from lenet_sweep import devices  # under another sweeper: n_workers, or one per GPU / 2 cores
+
+        pool = self.start(self.n_workers or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1))
         returns = []
         for start in range(0, len(job_overrides), pool.n_workers):
             chunk = job_overrides[start:start + pool.n_workers]

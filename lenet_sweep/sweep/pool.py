@@ -13,6 +13,9 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
+import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
@@ -26,16 +29,38 @@ from lenet_sweep import devices, tracking
 
 
 class JobFailed(Exception):
-    """A failed job's exception as its one line (``tracking.error_line``). Unpickling the original in
-    the sweeper would import its module, TensorFlow's or Keras' included (seconds, with the slot held);
-    an exception that does not pickle at all is covered too."""
+    """A failed job's exception as its one line (``tracking.error_line``) and its formatted
+    traceback. Unpickling the original in the sweeper would import its module, TensorFlow's or Keras'
+    included (seconds, with the slot held); an exception that does not pickle at all is covered too."""
+
+    def __init__(self, line: str, traceback_text: str = ""):
+        super().__init__(line)
+        self.traceback_text = traceback_text
 
 
-def _init_worker(env: dict[str, str]) -> None:
+#: seconds a worker whose sweeper is gone gives its running job to close its MLflow run
+ORPHAN_GRACE_S = 15
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """A worker never outlives its sweeper: once the parent is gone (killed by any signal, even
+    during the worker's start-up), SIGTERM this process (a running job closes its MLflow run as
+    KILLED; an idle worker just ends), then exit for good."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _init_worker(env: dict[str, str], parent_pid: int) -> None:
     os.environ.update(env)
+    if os.getppid() != parent_pid:  # the sweeper died while this process started
+        os._exit(1)
     if sys.platform.startswith("linux"):  # the sweeper died (even by SIGKILL): get SIGTERM, so the
         libc = ctypes.CDLL(None, use_errno=True)  # running job closes its MLflow run as KILLED
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-sweeper").start()
 
 
 def _run_job(payload: bytes) -> bytes:
@@ -55,7 +80,9 @@ def _run_job(payload: bytes) -> bytes:
     ret = run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     if ret.status == JobStatus.FAILED and not isinstance(ret._return_value, optuna.TrialPruned):
-        ret._return_value = JobFailed(tracking.error_line(ret._return_value))
+        exc = ret._return_value
+        ret._return_value = JobFailed(tracking.error_line(exc),
+                                      tracking.redact("".join(traceback.format_exception(exc))))
     return cloudpickle.dumps(ret)
 
 
@@ -85,7 +112,7 @@ class WorkerPool:
         if executor is None or getattr(executor, "_broken", False):
             env = devices.placement(slot, self.n_workers, self.gpus, self.cpus).env
             executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(env,))
+                                           initializer=_init_worker, initargs=(env, os.getpid()))
             self.slots[slot] = executor
         return executor
 

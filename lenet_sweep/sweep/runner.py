@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,12 +20,19 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from lenet_sweep import devices, tracking
-from lenet_sweep.sweep import runs
-from lenet_sweep.sweep.pool import JobFailed
+from lenet_sweep import devices, stores, tracking
+from lenet_sweep.sweep import runs, samplers, settings
 from lenet_sweep.sweep import study as studies
+from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
+from lenet_sweep.sweep.pool import JobFailed
 from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override_key, parse_space,
                                      split_overrides)
+
+
+# ask/tell with a heartbeat is what this sweeper does on purpose; constant_liar and
+# fail_stale_trials are "experimental" in Optuna's terms only
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class SweepFailed(RuntimeError):
@@ -79,7 +88,16 @@ class SweepRunner:
         self.config = config
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        try:
+            settings.check(self.s)
+        except ValueError as exc:
+            sys.exit(f"error: {exc}")
         self.n_jobs = self.s["n_jobs"] or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
+        n_workers = getattr(launcher, "n_workers", None)
+        if n_workers is not None and n_workers < self.n_jobs:
+            sys.exit(f"error: hydra.launcher.n_workers={n_workers} is fewer than the "
+                     f"{self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
+                     f"hydra.launcher.n_workers null (it follows n_jobs) or set both to the same number")
         if hasattr(launcher, "start"):  # lenet_pool: long-lived workers, one per slot
             launcher.start(self.n_jobs)
         if getattr(launcher, "asynchronous", False):
@@ -107,22 +125,30 @@ class SweepRunner:
         s = self.s
         try:
             space, fixed, space_text = self._space(arguments)
-            sampler = studies.make_sampler(s["sampler"], s["seed"], space)
+            sampler = samplers.make_sampler(s["sampler"], s["seed"], space)
+            self.n_trials = s["n_trials"]
+            if s["sampler"] == "grid" and samplers.grid_size(space) < self.n_trials:
+                self.n_trials = samplers.grid_size(space)
+                print(f"[sweep] hydra.sweeper.n_trials={s['n_trials']} is more than the grid's "
+                      f"{self.n_trials} points: the study ends at {self.n_trials} trials")
             self.storage_url = s["storage"] or studies.default_storage()
+            stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
+            stores.check_optuna_storage(self.storage_url)
+            self.client = tracking.client_for(self.config.mlflow)  # checks the tracking store
             storage = studies.make_storage(self.storage_url, s["heartbeat_interval"], s["grace_period"],
                                            on_stale=self._on_stale)
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
                                         direction=s["direction"], load_if_exists=True)
-        except (SearchSpaceError, ValueError) as exc:
+        except (SearchSpaceError, stores.StoreError, ValueError) as exc:
             sys.exit(f"error: {exc}")
-        self.client = tracking.client_for(self.config.mlflow)
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
         runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], studies.dead_here)
         if s["enqueue_seed_trial"]:
-            studies.enqueue_seed_trial(study, space)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            why_not = studies.enqueue_seed_trial(study, space, full_point=s["sampler"] == "grid")
+            if why_not:
+                print(f"[sweep] {why_not}")
         tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
                 "optuna.sampler": s["sampler"], "optuna.direction": s["direction"],
                 "optuna.search_space": json.dumps(space_text, default=str),
@@ -135,6 +161,15 @@ class SweepRunner:
                 return self._finish(study)
         except SweepFailed as exc:
             sys.exit(f"error: {exc}")
+        except KeyboardInterrupt:
+            print("[sweep] interrupted (Ctrl-C): running trials marked FAIL, their runs KILLED",
+                  flush=True)
+            sys.exit(128 + signal.SIGINT)
+        except SystemExit as exc:
+            if exc.code == 128 + signal.SIGTERM:
+                print("[sweep] terminated (SIGTERM): running trials marked FAIL, their runs KILLED",
+                      flush=True)
+            raise
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed) -> None:
@@ -143,23 +178,25 @@ class SweepRunner:
         stop) rather than end early."""
         s, launcher = self.s, self.launcher
         deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
-        heartbeat = studies.Heartbeat(study._storage)
+        self.heartbeat = heartbeat = Heartbeat(study._storage)
         poll = heartbeat.interval or 2.0
         running: dict[Future, tuple[optuna.Trial, str]] = {}
+        started = None
         failures = 0
         try:
             while True:
                 self._reap(study)
-                while len(running) < self.n_jobs and not self._timed_out(deadline):
+                while len(running) < self.n_jobs and not self._timed_out(deadline) \
+                        and not getattr(study.sampler, "exhausted", False):
                     started = self._start(study, space)
                     if started is None:
                         break
-                    heartbeat.add(started[0]._trial_id)
                     running[launcher.submit(self._overrides(*started, space, fixed),
                                             started[0].number)] = started
+                    started = None
                 launcher.flush()
                 if not running:
-                    if studies.count_finished(study) >= s["n_trials"] or self._timed_out(deadline) \
+                    if studies.count_finished(study) >= self.n_trials or self._timed_out(deadline) \
                             or not studies.count_running(study):
                         return
                     time.sleep(poll)  # the rest of the budget runs in other workers
@@ -167,16 +204,16 @@ class SweepRunner:
                 done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
                 for future in done:
                     trial, run_id = running.pop(future)
-                    heartbeat.trial_ids.discard(trial._trial_id)
+                    heartbeat.discard(trial._trial_id)
                     failures += self._tell(study, trial, future.result(), run_id) == TrialState.FAIL
-                    if failures > s["max_failure_rate"] * s["n_trials"]:
+                    if failures > s["max_failure_rate"] * self.n_trials:
                         raise SweepFailed(
                             f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
-                            f"{s['max_failure_rate']} of n_trials={s['n_trials']}; last reason: "
+                            f"{s['max_failure_rate']} of n_trials={self.n_trials}; last reason: "
                             f"{study.trials[trial.number].user_attrs.get('fail_reason')}")
         except BaseException as exc:
             launcher.shutdown(kill=True)
-            for trial, run_id in running.values():
+            for trial, run_id in [*running.values(), *([started] if started else [])]:
                 self._abandon(study, trial, run_id, exc)
             raise
         finally:
@@ -192,16 +229,23 @@ class SweepRunner:
         return True
 
     def _start(self, study, space) -> tuple[optuna.Trial, str] | None:
-        """Ask for a trial if the study's budget allows one; None when it is all taken."""
+        """Ask for a trial if the study's budget allows one; None when it is all taken. A failure
+        after the ask (the MLflow store, ...) fails that trial before it propagates."""
         with studies.ask_lock(study._storage, self.storage_url, study.study_name):
-            if studies.count_finished(study) + studies.count_running(study) >= self.s["n_trials"]:
+            if studies.count_finished(study) + studies.count_running(study) >= self.n_trials:
                 return None
             trial = study.ask(fixed_distributions=space)
-        run_id = runs.create_child(self.client, self.experiment_id, self.parent_id, study.study_name,
-                                   trial.number)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("worker", studies.WORKER)
-        trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
+            self.heartbeat.add(trial._trial_id)
+        run_id = None
+        try:
+            trial.set_user_attr("worker", studies.WORKER)
+            run_id = runs.create_child(self.client, self.experiment_id, self.parent_id,
+                                       study.study_name, trial.number)
+            trial.set_user_attr("mlflow_run_id", run_id)
+            trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
+        except BaseException as exc:
+            self._abandon(study, trial, run_id, exc)
+            raise
         return trial, run_id
 
     def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
@@ -225,6 +269,9 @@ class SweepRunner:
         else:
             exc = ret._return_value  # from lenet_pool already one line (JobFailed)
             reason = str(exc)[:1000] if isinstance(exc, JobFailed) else tracking.error_line(exc, limit=1000)
+            text = exc.traceback_text if isinstance(exc, JobFailed) else exc
+            if text and tracking.ERROR_ARTIFACT not in {a.path for a in self.client.list_artifacts(run_id)}:
+                tracking.log_traceback(self.client, run_id, text)  # failed before its run opened
         if reason is not None:
             studies.fail(study, trial._trial_id, reason)
         frozen = study._storage.get_trial(trial._trial_id)
@@ -234,18 +281,38 @@ class SweepRunner:
         self._report(study, frozen)
         return frozen.state
 
-    def _abandon(self, study, trial, run_id: str, exc: BaseException) -> None:
-        """The sweep itself was interrupted: nothing may stay RUNNING."""
+    def _abandon(self, study, trial, run_id: str | None, exc: BaseException) -> None:
+        """The sweep itself was interrupted or failed around this trial: nothing may stay RUNNING.
+        With ``retry_failed`` the trial is queued again with the same parameters."""
+        self.heartbeat.discard(trial._trial_id)
+        getattr(study.sampler, "forget", lambda number: None)(trial.number)
+        reason = f"sweep interrupted ({tracking.error_line(exc, limit=300)})"
         if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-            studies.fail(study, trial._trial_id, f"sweep interrupted ({type(exc).__name__})")
-        runs.close_child(self.client, run_id, TrialState.FAIL, "sweep interrupted", status="KILLED")
+            studies.fail(study, trial._trial_id, reason)
+            if self.s["retry_failed"]:
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.s["retry_failed"])(
+                    study, study._storage.get_trial(trial._trial_id))
+        if run_id is not None:
+            runs.close_child(self.client, run_id, TrialState.FAIL, reason, status="KILLED")
 
     # -- trials other sweepers left behind ---------------------------------------------------
     def _reap(self, study) -> None:
-        """Fail the trials of dead sweepers: on this host by process id, elsewhere by heartbeat."""
+        """Fail the trials of dead sweepers: on this host by process id, on any host by heartbeat
+        (RDB storages). A file storage keeps no heartbeat: a trial another host left RUNNING there
+        cannot be judged, and is named once."""
         for trial in studies.fail_dead_local_trials(study):
             self._on_stale(study, trial)
-        optuna.storages.fail_stale_trials(study)  # calls _on_stale for each (RDB with heartbeat)
+        if heartbeat_interval(study._storage):
+            optuna.storages.fail_stale_trials(study)  # calls _on_stale for each
+            return
+        said = self.__dict__.setdefault("said_foreign", set())
+        for trial in studies.foreign_running(study):
+            if trial.number not in said:
+                said.add(trial.number)
+                print(f"[sweep] trial {trial.number} runs on {trial.user_attrs.get('worker')}: this "
+                      f"storage keeps no heartbeat, so if that host died the trial stays RUNNING; "
+                      f"use an RDB storage (postgresql+psycopg://...) for sweepers on several hosts",
+                      flush=True)
 
     def _on_stale(self, study, trial) -> None:
         print(f"[sweep] trial {trial.number} was left RUNNING by a dead sweeper "
@@ -267,7 +334,7 @@ class SweepRunner:
             best = f"best={study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:
             best = "best=none yet"
-        print(f"[sweep] trial {trial.number} ({done}/{self.s['n_trials']}) {trial.state.name} "
+        print(f"[sweep] trial {trial.number} ({done}/{self.n_trials}) {trial.state.name} "
               f"{value} | {best}", flush=True)
 
     # -- results ------------------------------------------------------------------------------

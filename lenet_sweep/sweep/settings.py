@@ -70,3 +70,25 @@ class OptunaSweeperConf:
 def register() -> None:
     ConfigStore.instance().store(group="hydra/sweeper", name="optuna_schema", node=OptunaSweeperConf,
                                  provider="lenet_sweep")
+
+
+def check(s: dict) -> None:
+    """Sizes and times the schema's types cannot rule out; a ValueError names the key."""
+    def bad(key: str, rule: str, example: str) -> None:
+        raise ValueError(f"hydra.sweeper.{key}={s[key]} is invalid: {rule} "
+                         f"(for example hydra.sweeper.{key}={example})")
+
+    if s["n_trials"] < 1:
+        bad("n_trials", "must be >= 1", "20")
+    if s["n_jobs"] is not None and s["n_jobs"] < 1:
+        bad("n_jobs", "must be >= 1, or null for one per GPU / per two CPU cores", "2")
+    if s["timeout"] is not None and s["timeout"] <= 0:
+        bad("timeout", "must be > 0 seconds, or null", "3600")
+    if not 0 <= s["max_failure_rate"] <= 1:
+        bad("max_failure_rate", "must be in [0, 1]", "0.5")
+    if s["heartbeat_interval"] is not None and s["heartbeat_interval"] < 1:
+        bad("heartbeat_interval", "must be >= 1 second, or null (no heartbeat)", "10")
+    if s["grace_period"] is not None and s["grace_period"] <= (s["heartbeat_interval"] or 0):
+        bad("grace_period", "must be longer than hydra.sweeper.heartbeat_interval", "60")
+    if s["retry_failed"] < 0:
+        bad("retry_failed", "must be >= 0", "1")

@@ -6,18 +6,17 @@ import contextlib
 import hashlib
 import os
 import socket
-import threading
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import optuna
 import sqlalchemy
-from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.storages import BaseStorage, JournalFileOpenLock, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
-from lenet_sweep import PROJECT_ROOT, tracking
+from lenet_sweep import PROJECT_ROOT, stores
 
 #: The notebook's configuration, enqueued as a study's first trial (keys not in the space are skipped).
 SEED_TRIAL = {"optimizer.lr": 0.9, "optimizer.momentum": 0.0, "optimizer.nesterov": False,
@@ -41,7 +40,7 @@ def make_storage(url: str | None, heartbeat_interval: int | None = None,
     if "://" in url:
         beat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     heartbeat_stale_trial_callback=on_stale) if heartbeat_interval else {}
-        return tracking.retry_race(lambda: RDBStorage(url, **beat))
+        return stores.retry_race(lambda: RDBStorage(url, **beat))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
 
@@ -70,60 +69,6 @@ def ask_lock(storage: BaseStorage, url: str | None, study_name: str) -> Iterator
         yield
     finally:
         lock.release()
-
-
-class Heartbeat:
-    """Records Optuna's heartbeat for this sweeper's running trials from a background thread (with
-    ask/tell, Optuna's ``optimize`` loop that normally does this is not used)."""
-
-    def __init__(self, storage: BaseStorage):
-        self.storage = storage
-        self.interval = getattr(storage, "heartbeat_interval", None)
-        self.trial_ids: set[int] = set()
-        self._stop = threading.Event()
-        if self.interval:
-            threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat").start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            for trial_id in list(self.trial_ids):
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as exc:  # a database hiccup must not kill the sweep
-                    print(f"[sweep] heartbeat failed: {type(exc).__name__}: {exc}")
-
-    def add(self, trial_id: int) -> None:
-        self.trial_ids.add(trial_id)
-        if self.interval:
-            self.storage.record_heartbeat(trial_id)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def make_sampler(name: str, seed: int | None, space: Mapping[str, BaseDistribution]):
-    samplers = optuna.samplers
-    if name == "tpe":
-        return samplers.TPESampler(seed=seed)
-    if name == "random":
-        return samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return samplers.CmaEsSampler(seed=seed)
-    if name == "qmc":
-        return samplers.QMCSampler(seed=seed)
-    if name == "gp":
-        try:
-            import torch  # noqa: F401  (Optuna's GPSampler needs it)
-        except ImportError:
-            raise ValueError("hydra.sweeper.sampler=gp needs PyTorch: pip install torch") from None
-        return samplers.GPSampler(seed=seed)
-    if name == "grid":
-        bad = [k for k, d in space.items() if not isinstance(d, CategoricalDistribution)]
-        if bad:
-            raise ValueError(f"hydra.sweeper.sampler=grid needs choice(...) for every entry; "
-                             f"hydra.sweeper.params.{bad[0]} is not a choice")
-        return samplers.GridSampler({k: list(d.choices) for k, d in space.items()}, seed=seed)
-    raise ValueError(f"hydra.sweeper.sampler={name} is unknown")
 
 
 def make_pruner(cfg) -> optuna.pruners.BasePruner:
@@ -164,13 +109,22 @@ def contains(dist: BaseDistribution, value) -> bool:
         return False
 
 
-def enqueue_seed_trial(study: optuna.Study, space: Mapping[str, BaseDistribution]) -> None:
-    """Trial 0 of a new study: the notebook's values for the keys the space searches."""
+def enqueue_seed_trial(study: optuna.Study, space: Mapping[str, BaseDistribution],
+                       full_point: bool = False) -> str | None:
+    """Trial 0 of a new study: the notebook's values for the keys the space searches (the sampler
+    draws the rest). ``full_point`` (a grid): only when the notebook's values cover every key.
+    Returns why no seed trial was enqueued, if the study is new and none was."""
     if study.get_trials(deepcopy=False):
-        return
+        return None
     params = {k: v for k, v in SEED_TRIAL.items() if k in space and contains(space[k], v)}
-    if params:
-        study.enqueue_trial(params, user_attrs={"seed_trial": True}, skip_if_exists=True)
+    if full_point and len(params) < len(space):
+        missing = sorted(set(space) - set(params))
+        return (f"no seed trial: the notebook's configuration is not a point of this grid "
+                f"({', '.join(missing)}); hydra.sweeper.enqueue_seed_trial=false hides this line")
+    if not params:
+        return None
+    study.enqueue_trial(params, user_attrs={"seed_trial": True}, skip_if_exists=True)
+    return None
 
 
 def dead_here(worker: str | None) -> bool:
@@ -195,6 +149,12 @@ def fail_dead_local_trials(study: optuna.Study) -> list[FrozenTrial]:
     for trial in stale:
         fail(study, trial._trial_id, "its sweeper process died (killed or crashed)")
     return [study._storage.get_trial(t._trial_id) for t in stale]
+
+
+def foreign_running(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials whose sweeper is on another host."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if str(t.user_attrs.get("worker", "")).rpartition(":")[0] not in ("", socket.gethostname())]
 
 
 def fail(study: optuna.Study, trial_id: int, reason: str) -> None:

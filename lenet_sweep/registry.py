@@ -1,0 +1,321 @@
+"""A finished run's model in MLflow's Keras format, in the model registry, and the ``champion`` alias.
+
+No retraining: the model is rebuilt from the run's own record — the resolved ``config.yaml``
+artifact gives the architecture (:func:`lenet_sweep.model.build_lenet`), ``lenet.weights.h5`` the
+weights — and logged with ``mlflow.keras`` as a LoggedModel of that run (``models:/<model_id>``).
+
+The served model has one contract for every version, whatever its run trained on: **a batch of
+raw 0-255 pixels**, float32 of shape (N, 28, 28, 1) (JSON integers are cast), **-> 10 class
+probabilities** (float32, rows sum to 1). A run trained with ``data.normalize=true`` gets a
+Normalization layer in front (x / 255, the same division the run's data went through); a sigmoid
+output layer (the notebook's) is followed by ``softmax(log_sigmoid(z))`` = sigmoid(z) / sum, the
+renormalisation Keras' loss applies, so the classes are the run's own. Clients never change when
+the ``champion`` alias moves between versions.
+
+``register`` creates one version per call (or reuses the version that already holds that run's
+model), tags it (``run_id``, ``test_accuracy``, and ``study_name`` / ``trial_number`` for a sweep's
+winner), and moves ``champion`` to it only when its test accuracy beats the current champion's
+(the challenger gate). The decision is logged on a run (tags ``registry.*``, metrics
+``registry.challenger_test_accuracy``, ``registry.champion_test_accuracy``, ``registry_seconds``)
+and printed in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from lenet_sweep import tracking
+
+ALIAS = "champion"
+MODEL_NAME = "model"  # the LoggedModel's name in its run
+WEIGHTS, CONFIG = "lenet.weights.h5", "config.yaml"
+
+
+class RegistryError(RuntimeError):
+    """A run that cannot be registered (no weights, no config, no test accuracy)."""
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    test_accuracy: float
+    champion: str  # the version that holds the alias afterwards
+    previous: str | None  # the version that held it before
+    previous_accuracy: float | None
+    decision: str  # first | promoted | kept | already champion
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        who = f"{self.name} version {self.version} (run {self.run_id}, test_accuracy={self.test_accuracy:.4f})"
+        if self.decision == "first":
+            verdict = f"first champion: @{ALIAS} -> version {self.version}"
+        elif self.decision == "already champion":
+            verdict = f"is already @{ALIAS}"
+        else:
+            beats = "beats" if self.decision == "promoted" else "does not beat"
+            moved = (f"@{ALIAS} -> version {self.version}" if self.decision == "promoted"
+                     else f"@{ALIAS} stays version {self.previous}")
+            verdict = (f"{beats} champion version {self.previous} "
+                       f"(test_accuracy={self.previous_accuracy:.4f}): {moved}")
+        return f"[registry] {who} {verdict} ({self.seconds:.1f} s)"
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+def serving_model(cfg: DictConfig, weights: str | Path):
+    """The run's network with its weights, taking raw 0-255 pixels and giving probabilities."""
+    import keras
+    from keras import layers
+
+    from lenet_sweep.model import build_lenet
+
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True))
+    sigmoid_out = model_cfg.output_activation == "sigmoid"
+    if sigmoid_out:  # the same weights; the head below turns z into sigmoid(z) / sum
+        model_cfg.output_activation = "linear"
+    net = build_lenet(model_cfg)
+    net.load_weights(str(weights))
+    stack = [keras.Input(shape=(28, 28, 1), name="pixels")]
+    if cfg.data.normalize:  # (x - 0) / sqrt(255^2): the division data.split applies, to the bit
+        stack.append(layers.Normalization(mean=0.0, variance=255.0 ** 2, name="scale_0_255"))
+    stack.append(net)
+    if sigmoid_out:
+        stack += [layers.Activation("log_sigmoid", name="log_sigmoid"),
+                  layers.Activation("softmax", name="renormalise")]
+    return keras.Sequential(stack, name="lenet_serving")
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28, 1))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
+
+
+def example_images(data_dir: str | None = None, n: int = 2) -> np.ndarray:
+    """The first ``n`` Fashion-MNIST test images as raw pixels, float32 (n, 28, 28, 1); zeros when
+    the data is not on this machine."""
+    from lenet_sweep import data
+
+    try:
+        folder = data.find_dir(data_dir, download=False)
+        name = "t10k-images-idx3-ubyte.gz"
+        images = data.read_idx(folder / name, data.SHA256[name])[:n]
+    except data.DataError:
+        images = np.zeros((n, 28, 28), np.uint8)
+    return images.reshape(-1, 28, 28, 1).astype(np.float32)
+
+
+def _requirements() -> list[str]:
+    """Pinned as installed: saves MLflow's requirement inference (a model load in a subprocess)."""
+    import importlib.metadata as md
+
+    return [f"{p}=={md.version(p)}" for p in ("mlflow", "keras", "tensorflow", "numpy")]
+
+
+def download(client: MlflowClient, run_id: str, path: str, dst: str) -> str:
+    """One artifact of the run into ``dst`` (without MLflow's progress bar); RegistryError if the
+    run has none."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return client.download_artifacts(run_id, path, dst)
+    except Exception as exc:
+        raise RegistryError(f"run {run_id} has no {path} artifact ({type(exc).__name__})") from None
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+def run_config(client: MlflowClient, run_id: str, dst: str) -> DictConfig:
+    """The run's resolved config, as it logged it (``config.yaml``)."""
+    return OmegaConf.load(download(client, run_id, CONFIG, dst))
+
+
+class _KerasFlavor:
+    """``mlflow.keras`` for ``Model.log``, with the model folder made first: MLflow 3.17's Keras
+    ``save_model`` writes the input example before it creates the folder (mlflow/mlflow#16183)."""
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path, **kwargs):
+        import mlflow.keras
+
+        os.makedirs(path, exist_ok=True)
+        return mlflow.keras.save_model(path=path, **kwargs)
+
+
+def logged_model_id(client: MlflowClient, run_id: str) -> str | None:
+    """The model this module logged for the run before (complete: READY), if any."""
+    run = client.get_run(run_id)
+    for output in (run.outputs.model_outputs if run.outputs else []):
+        model = client.get_logged_model(output.model_id)
+        if model.name == MODEL_NAME and model.tags.get("lenet_sweep.serving") == "raw_pixels" \
+                and str(getattr(model.status, "name", model.status)).endswith("READY"):
+            return model.model_id
+    return None
+
+
+def log_model(client: MlflowClient, run_id: str) -> str:
+    """Log the run's model in MLflow's Keras format (once per run); returns its ``models:/`` URI."""
+    import keras
+    from mlflow.models import Model
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    if (model_id := logged_model_id(client, run_id)) is not None:
+        return f"models:/{model_id}"
+    metrics = client.get_run(run_id).data.metrics
+    if "test_accuracy" not in metrics:
+        raise RegistryError(f"run {run_id} has no test_accuracy: it did not finish training")
+    step = max((m.step for m in client.get_metric_history(run_id, "test_accuracy")), default=0)
+    interactive = keras.config.is_interactive_logging_enabled()
+    with tempfile.TemporaryDirectory() as tmp, _use_tracking_uri(client.tracking_uri):
+        cfg = run_config(client, run_id, tmp)
+        model = serving_model(cfg, download(client, run_id, WEIGHTS, tmp))
+        keras.config.disable_interactive_logging()  # MLflow's check of the input example predicts
+        try:
+            info = Model.log(None, name=MODEL_NAME, flavor=_KerasFlavor, model=model, run_id=run_id,
+                             signature=signature(), input_example=example_images(cfg.data.dir),
+                             pip_requirements=_requirements(), step=step,
+                             tags={"lenet_sweep.serving": "raw_pixels"})
+        finally:
+            if interactive:
+                keras.config.enable_interactive_logging()
+    return f"models:/{info.model_id}"
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+def _accuracy(client: MlflowClient, version) -> float | None:
+    if "test_accuracy" in version.tags:
+        return float(version.tags["test_accuracy"])
+    if version.run_id:
+        return client.get_run(version.run_id).data.metrics.get("test_accuracy")
+    return None
+
+
+def _champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:  # no such alias (yet)
+        return None
+
+
+def _version_of(client: MlflowClient, name: str, model_uri: str):
+    """The version that already holds this logged model (a sweep resumed with the same winner)."""
+    model_id = model_uri.removeprefix("models:/")
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if getattr(version, "model_id", None) == model_id or version.source == model_uri:
+            return version
+    return None
+
+
+def register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, Any] | None = None,
+             decision_run_id: str | None = None) -> Registration:
+    """Register the run's model under ``name`` and apply the champion gate (module docstring);
+    the decision goes to ``decision_run_id`` (default: the run itself)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(client.tracking_uri):  # MLflow resolves models:/ URIs with the global one
+        return _register(client, run_id, name, tags, decision_run_id)
+
+
+def _register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, Any] | None,
+              decision_run_id: str | None) -> Registration:
+    start = time.perf_counter()
+    model_uri = log_model(client, run_id)
+    accuracy = float(client.get_run(run_id).data.metrics["test_accuracy"])
+    try:
+        client.create_registered_model(name, description="LeNet-5 on Fashion-MNIST (lenet_sweep): "
+                                       "raw 0-255 pixels (N, 28, 28, 1) -> 10 class probabilities")
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = _version_of(client, name, model_uri)
+    if version is None:
+        version_tags = {"run_id": run_id, "test_accuracy": accuracy, **(tags or {})}
+        version = client.create_model_version(
+            name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/"),
+            tags={k: str(v) for k, v in version_tags.items()})
+    champion = _champion(client, name)
+    previous = champion.version if champion is not None else None
+    previous_accuracy = _accuracy(client, champion) if champion is not None else None
+    if champion is None:
+        decision = "first"
+    elif str(champion.version) == str(version.version):
+        decision = "already champion"
+    elif previous_accuracy is None or accuracy > previous_accuracy:
+        decision = "promoted"
+    else:
+        decision = "kept"
+    if decision in ("first", "promoted"):
+        client.set_registered_model_alias(name, ALIAS, version.version)
+    result = Registration(name, str(version.version), run_id, model_uri, accuracy,
+                          str(version.version) if decision in ("first", "promoted") else str(previous),
+                          None if previous is None else str(previous), previous_accuracy, decision)
+    result.seconds = time.perf_counter() - start
+    _log_decision(client, decision_run_id or run_id, result)
+    print(result.line(), flush=True)
+    return result
+
+
+def _log_decision(client: MlflowClient, run_id: str, r: Registration) -> None:
+    tags = {"registry.model": r.name, "registry.version": r.version, "registry.model_uri": r.model_uri,
+            "registry.decision": r.decision, "registry.champion": r.champion,
+            "registry.previous_champion": r.previous or "none", "registry.line": r.line()}
+    metrics = {"registry.challenger_test_accuracy": r.test_accuracy, "registry_seconds": r.seconds}
+    if r.previous_accuracy is not None:
+        metrics["registry.champion_test_accuracy"] = r.previous_accuracy
+    tracking.log_params(client, run_id, {}, tags)
+    tracking.log_metrics(client, run_id, metrics)
+
+
+def _safely(client: MlflowClient, decision_run_id: str, what: str, call) -> Registration | None:
+    """Registration never fails what asked for it: a failure is one printed line and a tag."""
+    try:
+        return call()
+    except Exception as exc:
+        line = tracking.error_line(exc, limit=1000)
+        print(f"[registry] warning: {what} not registered: {line}", flush=True)
+        try:
+            client.set_tag(decision_run_id, "registry.error", line)
+        except Exception:
+            pass
+        return None
+
+
+def register_sweep_winner(client: MlflowClient, parent_id: str, best_trial, study_name: str,
+                          mlflow_cfg) -> Registration | None:
+    """At the end of a sweep: register the best trial's run, gate ``champion``, log the decision on
+    the sweep's parent run. Never raises (a completed sweep stays completed)."""
+    run_id = best_trial.user_attrs.get("mlflow_run_id")
+    name = mlflow_cfg.get("registered_model") or "lenet_sweep"
+    tags = {"study_name": study_name, "trial_number": best_trial.number}
+    return _safely(client, parent_id, f"the best trial {best_trial.number} (run {run_id})",
+                   lambda: register(client, run_id, name, tags, decision_run_id=parent_id))
+
+
+def register_if_asked(client: MlflowClient, run_id: str, cfg: DictConfig) -> Registration | None:
+    """A single run with ``mlflow.register=true`` registers itself. A sweep's trials do not (the
+    sweep registers its winner), nor does a run that raised."""
+    if not cfg.mlflow.get("register", False) or cfg.get("trial_number") is not None:
+        return None
+    name = cfg.mlflow.get("registered_model") or "lenet_sweep"
+    return _safely(client, run_id, f"run {run_id}", lambda: register(client, run_id, name))

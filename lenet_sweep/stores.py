@@ -1,0 +1,122 @@
+"""Reachability of the stores a run or sweep writes to, checked before anything is created there.
+
+Each check raises :class:`StoreError`, whose message is one line naming the key and the URL (password
+masked) and what to check. ``retry_race`` retries only what is transient: processes that start
+together on a fresh database race to create its tables.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from lenet_sweep.config import UserError
+from lenet_sweep.redaction import redact
+
+CONNECT_TIMEOUT_S = 5
+
+
+class StoreError(UserError):
+    """A store that cannot be reached or written; the message says which and what to check."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """A table- or experiment-creation race, or SQLite's lock: worth another try."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)):
+        return True
+    text = str(exc)
+    return "database is locked" in text or "already exists" in text or "UNIQUE constraint" in text
+
+
+def retry_race(create, attempts: int = 5):
+    """``create()``, retried (at most ``attempts`` times) while it fails by a creation race."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except Exception as exc:
+            if attempt == attempts - 1 or not _transient(exc):
+                raise
+            time.sleep(0.5 + random.random())
+
+
+def check_writable_dir(folder: Path, key: str) -> None:
+    """``folder`` exists (or is created) and takes a file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise StoreError(f"{key}: cannot write in {folder} ({exc.strerror or exc}); "
+                         f"choose a writable folder") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return redact(lines[0] if lines else type(orig).__name__)
+
+
+def check_database(url: str, key: str) -> None:
+    """Connect to a SQLAlchemy database URL once, with a short timeout."""
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    shown = redact(url)
+    if url.startswith("sqlite:///"):
+        check_writable_dir(Path(url[len("sqlite:///"):]).parent, f"{key}={shown}")
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"{key}={shown} is not a database URL this installation can open "
+                         f"({_first_line(exc)}); e.g. postgresql+psycopg://user@host:5432/db "
+                         f"or sqlite:///path.db") from None
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if engine.dialect.name == "postgresql" else {}
+    engine.dispose()
+    engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.DBAPIError as exc:
+        raise StoreError(f"{key}={shown}: cannot connect ({_first_line(exc)}); check that the "
+                         f"server runs at that host and port and that the database and user exist") from None
+    finally:
+        engine.dispose()
+
+
+def check_mlflow_server(uri: str, key: str = "mlflow.tracking_uri") -> None:
+    """An ``http(s)://`` tracking URI answers MLflow's ``/health`` (MLflow's own client would
+    retry for minutes before giving up)."""
+    shown = redact(uri)
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    try:
+        with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        reason = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise StoreError(f"{key}={shown}: no MLflow server answers ({reason}); start one "
+                     f"(mlflow server --host HOST --port PORT) or fix the URI")
+
+
+def check_tracking_uri(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        check_mlflow_server(uri)
+    elif "://" in uri and not uri.startswith(("file:", "databricks")):
+        check_database(uri, "mlflow.tracking_uri")
+
+
+def check_optuna_storage(url: str) -> None:
+    """An RDB URL connects; a journal file's folder is writable."""
+    if "://" in url:
+        check_database(url, "hydra.sweeper.storage")
+    else:
+        check_writable_dir(Path(url).parent, f"hydra.sweeper.storage={url}")

@@ -1,0 +1,121 @@
+"""Optuna samplers for a sweep, each trial seeded from the configured seed and its trial number.
+
+Why per trial: every sweeper of a study (parallel workers, a resumed sweep) builds its sampler from
+the same ``hydra.sweeper.seed``; one seeded sampler per process replays the same random draws in
+each of them. Trial numbers are handed out atomically by the storage, so seeding each trial's draws
+from ``(seed, number)`` gives every trial of the study its own draws, and a single sweeper on a fresh
+study still repeats itself exactly (trials 0, 1, 2, ... get the same seeds every time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Callable, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+
+def trial_seed(seed: int | None, number: int) -> int | None:
+    """The seed of trial ``number``'s draws: fixed by (seed, number); None stays random."""
+    if seed is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
+
+
+class PerTrialSeed(BaseSampler):
+    """Delegates each trial to its own sampler, built by ``make(trial_seed(seed, number))``.
+
+    TPE, random, CMA-ES, GP and grid keep their state in the study's storage (or keep none), so a
+    fresh instance per trial samples as one long-lived instance would, with its own random stream.
+    ``exhausted`` turns true when the grid sampler has seen every point: it then calls
+    ``study.stop()``, which raises outside ``study.optimize``; the sweep ends by its own count instead.
+    """
+
+    def __init__(self, make: Callable[[int | None], BaseSampler], seed: int | None):
+        self._make, self._seed = make, seed
+        self._by_number: dict[int, BaseSampler] = {}
+        self.exhausted = False
+
+    def _for(self, trial: FrozenTrial) -> BaseSampler:
+        if trial.number not in self._by_number:
+            self._by_number[trial.number] = self._make(trial_seed(self._seed, trial.number))
+        return self._by_number[trial.number]
+
+    def before_trial(self, study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial: FrozenTrial, state: TrialState, values) -> None:
+        sampler = self._for(trial)
+        self._by_number.pop(trial.number, None)
+        try:
+            sampler.after_trial(study, trial, state, values)
+        except RuntimeError as exc:  # GridSampler: study.stop() outside optimize()
+            if "Study.stop" not in str(exc):
+                raise
+            self.exhausted = True
+
+    def forget(self, number: int) -> None:
+        """Drop trial ``number``'s sampler (a trial failed without ``tell``)."""
+        self._by_number.pop(number, None)
+
+    def reseed_rng(self) -> None:  # seeds are per trial already
+        pass
+
+
+def grid_size(space: Mapping[str, BaseDistribution]) -> int:
+    return math.prod(len(d.choices) for d in space.values())
+
+
+def _grid(space: Mapping[str, BaseDistribution]) -> dict[str, list]:
+    bad = [k for k, d in space.items() if not isinstance(d, CategoricalDistribution)]
+    if bad:
+        raise ValueError(f"hydra.sweeper.sampler=grid needs choice(...) for every entry; "
+                         f"hydra.sweeper.params.{bad[0]} is not a choice")
+    return {k: list(d.choices) for k, d in space.items()}
+
+
+def _factory(name: str, space: Mapping[str, BaseDistribution],
+             options: Mapping[str, Any]) -> Callable[[int | None], BaseSampler]:
+    samplers = optuna.samplers
+    if name == "tpe":  # constant_liar: trials still running count as bad, so parallel asks spread out
+        options = {"constant_liar": True, **options}
+        return lambda seed: samplers.TPESampler(seed=seed, **options)
+    if name == "random":
+        return lambda seed: samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return lambda seed: samplers.CmaEsSampler(seed=seed)
+    if name == "gp":
+        try:
+            import torch  # noqa: F401  (Optuna's GPSampler needs it)
+        except ImportError:
+            raise ValueError("hydra.sweeper.sampler=gp needs PyTorch: pip install torch") from None
+        return lambda seed: samplers.GPSampler(seed=seed)
+    if name == "grid":
+        grid = _grid(space)
+        return lambda seed: samplers.GridSampler(grid, seed=seed)
+    raise ValueError(f"hydra.sweeper.sampler={name} is unknown")
+
+
+def make_sampler(name: str, seed: int | None, space: Mapping[str, BaseDistribution],
+                 options: Mapping[str, Any] | None = None) -> BaseSampler:
+    """The sweep's sampler. QMC keeps one seed for the whole study (its sequence index lives in the
+    study, so workers do not repeat points, and a per-trial scramble would break the sequence);
+    every other sampler draws per trial (:class:`PerTrialSeed`)."""
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    return PerTrialSeed(_factory(name, space, dict(options or {})), seed)
