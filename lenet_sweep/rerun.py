@@ -1,0 +1,242 @@
+"""``python -m lenet_sweep.rerun RUN_ID [key=value ...]``: train a recorded run again and compare.
+
+The configuration is the run's own record — its resolved ``config.yaml`` artifact, not today's
+defaults — with the sweeper's plumbing cleared (``trial_number``, ``mlflow.run_id``: the rerun is a
+new run, outside any sweep, without pruning) and ``mlflow.register`` off. To train under the same
+conditions it also takes, from the run's tags (:mod:`lenet_sweep.provenance`):
+
+- XLA: ``trainer.jit_compile=null`` let the original choose. If that run timed both variants on its
+  first chunks (``xla_measured=true``), the rerun keeps ``null``: in a fresh process it trains the
+  same chunks with the same variants while timing, then goes on with what the timing picks (the
+  same as the original's unless the timing differs, which the comparison then names). Otherwise
+  the rerun forces ``trainer.jit_compile`` to the recorded ``xla``.
+- threads: the original's intra-op thread count when it was set (a sweep worker) or differs from
+  this machine's default; CPU only (``CUDA_VISIBLE_DEVICES=-1``) when the original ran on a CPU.
+
+The new run is tagged ``rerun_of=RUN_ID``. At the end both runs' final metrics are printed side by
+side with the differences, and a verdict: identical, or what differs between the two runs' recorded
+conditions (versions, code, CPU, threads, device, XLA, data, a pruned original).
+
+``key=value`` arguments override keys of the recorded config (``trainer.verbose=0``,
+``trainer.epochs=3``); ``mlflow.tracking_uri`` says where the run is and where the rerun goes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as python -m lenet_sweep
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from lenet_sweep import devices, provenance, tracking  # noqa: E402
+from lenet_sweep.config import UserError, validate  # noqa: E402
+
+USAGE = "usage: python -m lenet_sweep.rerun RUN_ID [key=value ...]   (e.g. mlflow.tracking_uri=URL)"
+#: Sweeper plumbing: set to null when present, so the rerun is a new run outside any sweep.
+PLUMBING = ("trial_number", "mlflow.run_id")
+_ABSENT = object()
+
+
+class RerunError(UserError):
+    """A run that cannot be rerun; the message names the run and the tracking URI."""
+
+
+def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    args = [a for a in argv if a]
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        raise RerunError(f"give the MLflow run id first; {USAGE}")
+    overrides = {}
+    for arg in args[1:]:
+        key, eq, value = arg.partition("=")
+        if not eq or not key:
+            raise RerunError(f"{arg!r} is not key=value; {USAGE}")
+        overrides[key] = yaml.safe_load(value) if value else None
+    return args[0], overrides
+
+
+def _select(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, default=_ABSENT)
+
+
+def load_original(client, run_id: str, uri: str):
+    """The run and its recorded config; RerunError naming the run and the (masked) URI if either
+    is missing."""
+    from mlflow.exceptions import MlflowException
+
+    where = f"in {tracking.mask_url(uri)}"
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise RerunError(f"no MLflow run {run_id!r} {where}") from None
+        raise RerunError(f"cannot read run {run_id!r} {where}: {tracking.error_line(exc, 300)}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            from lenet_sweep.registry import CONFIG, download
+
+            cfg = OmegaConf.load(download(client, run_id, CONFIG, tmp))
+        except Exception:
+            raise RerunError(f"run {run_id!r} {where} has no {CONFIG} artifact: it was not recorded "
+                             "by lenet_sweep (or failed before training), so there is nothing to rerun") from None
+    if not isinstance(cfg, DictConfig) or _select(cfg, "trainer") is _ABSENT:
+        raise RerunError(f"run {run_id!r} {where}: its config.yaml is not a lenet_sweep config")
+    return run, cfg
+
+
+def _leaves(cfg: DictConfig) -> list[str]:
+    return list(pd.json_normalize(OmegaConf.to_container(cfg, enum_to_str=True), sep=".").columns)
+
+
+def rerun_config(cfg: DictConfig, tags: dict[str, str], uri: str,
+                 overrides: dict[str, Any]) -> tuple[DictConfig, list[str]]:
+    """The config to train again, and what was set beyond the record (printed). Keys today's
+    schema has and the record lacks (a run recorded by an older lenet_sweep) take their defaults."""
+    from lenet_sweep.config import Config
+
+    base = OmegaConf.structured(Config)
+    OmegaConf.set_struct(base, False)  # keys of the record that the schema no longer has are kept
+    merged = OmegaConf.merge(base, cfg)
+    added = sorted(set(_leaves(merged)) - set(_leaves(cfg)))
+    notes = [f"not in the record, today's default: {', '.join(added)}"] if added else []
+    cfg = merged
+    for key in PLUMBING:
+        if _select(cfg, key) not in (_ABSENT, None):
+            OmegaConf.update(cfg, key, None)
+    if _select(cfg, "mlflow.register") not in (_ABSENT, False):
+        OmegaConf.update(cfg, "mlflow.register", False)
+    OmegaConf.update(cfg, "mlflow.tracking_uri", uri)
+    tc = cfg.trainer
+    if tc.get("fast", True) and tc.get("jit_compile") is None and tags.get("xla") in ("true", "false"):
+        if tags.get("xla_measured") == "true":
+            notes.append("trainer.jit_compile=null as recorded (the original timed XLA against no "
+                         "XLA on its first chunks; this rerun does the same)")
+        else:
+            tc.jit_compile = tags["xla"] == "true"
+            notes.append(f"trainer.jit_compile={tags['xla']} (the original's XLA choice)")
+    for key, value in overrides.items():
+        if key == "mlflow.tracking_uri":
+            continue
+        if _select(cfg, key) is _ABSENT:
+            raise RerunError(f"{key} is not a key of the recorded config; keys are those of "
+                             "config.yaml in the run's artifacts (e.g. trainer.verbose=0)")
+        OmegaConf.update(cfg, key, value)
+        notes.append(f"{key}={value} (given)")
+    return cfg, notes
+
+
+def match_threads(tags: dict[str, str]) -> list[str]:
+    """Set this process's thread budget (and CPU-only) as the original's; call before TensorFlow
+    is imported. Returns what was set."""
+    notes = []
+    setting, effective = tags.get("threads.intra_op_setting"), tags.get("threads.intra_op")
+    here = os.environ.get(devices.THREADS_ENV) or str(provenance.schedulable_cpus())
+    wanted = setting if setting and setting != "0" else effective
+    if wanted and wanted.isdigit() and (setting not in (None, "0") or wanted != here):
+        os.environ[devices.THREADS_ENV] = wanted
+        os.environ["OMP_NUM_THREADS"] = wanted
+        notes.append(f"{wanted} intra-op threads (as the original)")
+    if provenance.device_kind(tags.get("device")) == "CPU" and devices.visible_gpus():
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        notes.append("CPU only (the original ran on a CPU)")
+    return notes
+
+
+#: Metrics that measure time, not the model: never compared.
+def _timing(key: str) -> bool:
+    return key.endswith("_seconds") or key.endswith("per_second") or key.startswith("registry")
+
+
+def compare(original: dict[str, float], rerun: dict[str, float]) -> pd.DataFrame:
+    keys = sorted(k for k in {*original, *rerun} if not _timing(k))
+    table = pd.DataFrame({"original": [original.get(k) for k in keys],
+                          "rerun": [rerun.get(k) for k in keys]}, index=pd.Index(keys, name="metric"))
+    table["difference"] = table["rerun"] - table["original"]
+    return table
+
+
+def verdict(table: pd.DataFrame, original_run, rerun_run) -> str:
+    """One line: identical, or how much differs and the recorded differences that explain it."""
+    both = table.dropna()
+    reasons = provenance.differences(original_run.data.tags, rerun_run.data.tags)
+    if original_run.data.tags.get("optuna.trial_state") == "PRUNED":
+        epoch = original_run.data.tags.get("optuna.pruned_at_epoch", "?")
+        reasons.insert(0, f"the original was a pruned trial (stopped after epoch {epoch}); the rerun "
+                          "trained every epoch")
+    if original_run.info.status != "FINISHED":
+        reasons.insert(0, f"the original run ended {original_run.info.status}")
+    a, b = provenance.dataset_digests(original_run), provenance.dataset_digests(rerun_run)
+    if a and a != b:
+        reasons.append(f"data digests {a} -> {b}")
+    if len(both) == len(table) and (both["difference"] == 0).all():
+        note = f" (recorded differences: {'; '.join(reasons)})" if reasons else ""
+        return f"identical: every metric of the rerun equals the original's{note}"
+    worst = both["difference"].abs().max() if len(both) else float("nan")
+    missing = sorted(set(table.index) - set(both.index))
+    head = (f"not exact: {int((both['difference'] != 0).sum())} of {len(both)} metrics differ "
+            f"(largest |difference| {worst:.3g})" + (f"; only in one run: {', '.join(missing)}"
+                                                     if missing else ""))
+    why = "; ".join(reasons) if reasons else ("no recorded difference explains it (same versions, "
+                                               "code, CPU, threads, device, XLA and data)")
+    return f"{head}; because: {why}"
+
+
+def rerun(run_id: str, overrides: dict[str, Any]) -> str:
+    """Rerun ``run_id``; returns the new run's id. Prints the comparison."""
+    uri_given = overrides.get("mlflow.tracking_uri")
+    mlflow_cfg = OmegaConf.create({"tracking_uri": uri_given})
+    uri = tracking.tracking_uri(mlflow_cfg)
+    try:
+        client = tracking.client_for(mlflow_cfg)
+    except UserError:  # the store does not answer: one line already
+        raise
+    except Exception as exc:
+        raise RerunError(f"cannot open the MLflow store {tracking.mask_url(uri)} to find run "
+                         f"{run_id!r}: {tracking.error_line(exc, 300)}") from None
+    original, recorded = load_original(client, run_id, uri)
+    tags = dict(original.data.tags)
+    cfg, notes = rerun_config(recorded, tags, uri, overrides)
+    notes += match_threads(tags)
+    validate(cfg)
+    print(f"[rerun] run {run_id} ({original.info.run_name}) from {tracking.mask_url(uri)}"
+          + (f": {'; '.join(notes)}" if notes else ""), flush=True)
+
+    new_tags = {"rerun_of": run_id, "rerun.overrides": tracking.redact(
+        " ".join(f"{k}={v}" for k, v in overrides.items()))}
+    new_id = client.create_run(tracking.experiment_id(client, cfg.mlflow.experiment_name),
+                               run_name=f"{original.info.run_name}-rerun", tags=new_tags).info.run_id
+    OmegaConf.update(cfg, "mlflow.run_id", new_id)
+    try:
+        with tracking._sigterm_as_exit():  # a kill before train() opens the run still closes it
+            from lenet_sweep.train import train
+
+            train(cfg)
+    except BaseException as exc:
+        if client.get_run(new_id).info.status == "RUNNING":  # failed before train() opened it
+            client.set_tag(new_id, "error", tracking.error_line(exc))
+            client.set_terminated(new_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+
+    new = client.get_run(new_id)
+    table = compare(original.data.metrics, new.data.metrics)
+    with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
+        print(f"\n[rerun] original {run_id} vs rerun {new_id}:\n{table.to_string()}\n")
+    print(f"[rerun] {verdict(table, original, new)}", flush=True)
+    return new_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        run_id, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        rerun(run_id, overrides)
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
