@@ -146,9 +146,9 @@ class SweepRunner:
         self._reap(study)
         runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], studies.dead_here)
         if s["enqueue_seed_trial"]:
-            why_not = studies.enqueue_seed_trial(study, space, full_point=s["sampler"] == "grid")
-            if why_not:
-                print(f"[sweep] {why_not}")
+            note = studies.enqueue_seed_trial(study, space, grid=s["sampler"] == "grid")
+            if note:
+                print(f"[sweep] {note}")
         tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
                 "optuna.sampler": s["sampler"], "optuna.direction": s["direction"],
                 "optuna.search_space": json.dumps(space_text, default=str),
@@ -368,4 +368,7 @@ class SweepRunner:
         print(f"[sweep] best trial {best.number}: value={best.value:.4f} params={best.params}\n"
               f"[sweep] mlflow run {results['mlflow_run_id']}, output {results['output_dir']}\n"
               f"[sweep] results: {self.sweep_dir / 'optimization_results.yaml'}", flush=True)
+        from lenet_sweep import registry  # the winner as a new model version; never raises
+
+        registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow)
         return results

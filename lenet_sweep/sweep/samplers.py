@@ -29,16 +29,13 @@ def trial_seed(seed: int | None, number: int) -> int | None:
 class PerTrialSeed(BaseSampler):
     """Delegates each trial to its own sampler, built by ``make(trial_seed(seed, number))``.
 
-    TPE, random, CMA-ES, GP and grid keep their state in the study's storage (or keep none), so a
-    fresh instance per trial samples as one long-lived instance would, with its own random stream.
-    ``exhausted`` turns true when the grid sampler has seen every point: it then calls
-    ``study.stop()``, which raises outside ``study.optimize``; the sweep ends by its own count instead.
+    TPE, random, CMA-ES and GP keep their state in the study's storage (or keep none), so a fresh
+    instance per trial samples as one long-lived instance would, with its own random stream.
     """
 
     def __init__(self, make: Callable[[int | None], BaseSampler], seed: int | None):
         self._make, self._seed = make, seed
         self._by_number: dict[int, BaseSampler] = {}
-        self.exhausted = False
 
     def _for(self, trial: FrozenTrial) -> BaseSampler:
         if trial.number not in self._by_number:
@@ -62,12 +59,7 @@ class PerTrialSeed(BaseSampler):
     def after_trial(self, study, trial: FrozenTrial, state: TrialState, values) -> None:
         sampler = self._for(trial)
         self._by_number.pop(trial.number, None)
-        try:
-            sampler.after_trial(study, trial, state, values)
-        except RuntimeError as exc:  # GridSampler: study.stop() outside optimize()
-            if "Study.stop" not in str(exc):
-                raise
-            self.exhausted = True
+        sampler.after_trial(study, trial, state, values)
 
     def forget(self, number: int) -> None:
         """Drop trial ``number``'s sampler (a trial failed without ``tell``)."""
@@ -105,17 +97,32 @@ def _factory(name: str, space: Mapping[str, BaseDistribution],
         except ImportError:
             raise ValueError("hydra.sweeper.sampler=gp needs PyTorch: pip install torch") from None
         return lambda seed: samplers.GPSampler(seed=seed)
-    if name == "grid":
-        grid = _grid(space)
-        return lambda seed: samplers.GridSampler(grid, seed=seed)
     raise ValueError(f"hydra.sweeper.sampler={name} is unknown")
 
 
 def make_sampler(name: str, seed: int | None, space: Mapping[str, BaseDistribution],
                  options: Mapping[str, Any] | None = None) -> BaseSampler:
-    """The sweep's sampler. QMC keeps one seed for the whole study (its sequence index lives in the
-    study, so workers do not repeat points, and a per-trial scramble would break the sequence);
-    every other sampler draws per trial (:class:`PerTrialSeed`)."""
+    """The sweep's sampler. QMC and grid keep one seed for the whole study: both walk a sequence
+    that the seed fixes (QMC's scramble, the grid's shuffled order) by an index the study hands out
+    (QMC's sample id, the grid's trial number), so workers do not repeat points, and a per-trial seed
+    would mix several sequences. Every other sampler draws per trial (:class:`PerTrialSeed`)."""
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
+    if name == "grid":
+        return GridSampler(_grid(space), seed=seed)
     return PerTrialSeed(_factory(name, space, dict(options or {})), seed)
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus ``study.stop()`` after the last point: that raises outside
+    ``study.optimize``; the sweep ends by its own count (n_trials is capped at the grid's size)."""
+
+    exhausted = False
+
+    def after_trial(self, study, trial, state, values) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+            self.exhausted = True

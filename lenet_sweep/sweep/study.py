@@ -110,20 +110,21 @@ def contains(dist: BaseDistribution, value) -> bool:
 
 
 def enqueue_seed_trial(study: optuna.Study, space: Mapping[str, BaseDistribution],
-                       full_point: bool = False) -> str | None:
+                       grid: bool = False) -> str | None:
     """Trial 0 of a new study: the notebook's values for the keys the space searches (the sampler
-    draws the rest). ``full_point`` (a grid): only when the notebook's values cover every key.
-    Returns why no seed trial was enqueued, if the study is new and none was."""
+    draws the rest). A grid gets no extra trial: Optuna's grid sampler would not count it as a visited
+    point and run that point again. Returns a line to show, if any."""
     if study.get_trials(deepcopy=False):
         return None
     params = {k: v for k, v in SEED_TRIAL.items() if k in space and contains(space[k], v)}
-    if full_point and len(params) < len(space):
-        missing = sorted(set(space) - set(params))
-        return (f"no seed trial: the notebook's configuration is not a point of this grid "
-                f"({', '.join(missing)}); hydra.sweeper.enqueue_seed_trial=false hides this line")
-    if not params:
-        return None
-    study.enqueue_trial(params, user_attrs={"seed_trial": True}, skip_if_exists=True)
+    if grid:
+        if len(params) == len(space):
+            return "grid: the notebook's configuration is one of the grid's points (no extra seed trial)"
+        missing = ", ".join(sorted(set(space) - set(params)))
+        return (f"grid: no seed trial, the notebook's configuration is not a point of this grid "
+                f"({missing})")
+    if params:
+        study.enqueue_trial(params, user_attrs={"seed_trial": True}, skip_if_exists=True)
     return None
 
 
