@@ -315,7 +315,12 @@ def register_sweep_winner(client: MlflowClient, parent_id: str, best_trial, stud
 def register_if_asked(client: MlflowClient, run_id: str, cfg: DictConfig) -> Registration | None:
     """A single run with ``mlflow.register=true`` registers itself. A sweep's trials do not (the
     sweep registers its winner), nor does a run that raised."""
-    if not cfg.mlflow.get("register", False) or cfg.get("trial_number") is not None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    in_sweep = cfg.get("trial_number") is not None or (
+        HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+    if not cfg.mlflow.get("register", False) or in_sweep:
         return None
     name = cfg.mlflow.get("registered_model") or "lenet_sweep"
     return _safely(client, run_id, f"run {run_id}", lambda: register(client, run_id, name))
