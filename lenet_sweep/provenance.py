@@ -10,7 +10,7 @@ process that had not chosen yet), so those chunks mixed both. ``xla`` (the varia
 last) is tagged by :func:`lenet_sweep.train.train`.
 
 Inputs: the run's three splits as MLflow datasets (``mlflow.data``, contexts ``training``,
-``validation``, ``test``) named ``fashion-mnist``, with the SHA-256 of each decompressed IDX file
+``validation``, ``test``) named ``fashion-mnist-<context>``, with the SHA-256 of each decompressed IDX file
 they come from as input tags ``sha256.<file>`` and a digest over those checksums and the split.
 """
 
@@ -122,10 +122,10 @@ def run_tags(cfg, model, x) -> dict[str, str]:
             "host.cpus": str(schedulable_cpus()), "xla_measured": xla_measured(cfg, model, x)}
 
 
-def digest(data_cfg, files: tuple[str, ...]) -> str:
-    """16 hex digits over the files' SHA-256 and what the run takes of them (MLflow keeps at most
-    36 characters)."""
-    text = "\n".join([*(f"{n} {data.SHA256[n]}" for n in files),
+def digest(data_cfg, context: str) -> str:
+    """16 hex digits over the split, its files' SHA-256 and what the run takes of them (MLflow
+    keeps at most 36 characters)."""
+    text = "\n".join([context, *(f"{n} {data.SHA256[n]}" for n in SPLIT_FILES[context]),
                       *(f"{k}={data_cfg[k]}" for k in ("train_limit", "test_limit",
                                                         "validation_split", "normalize"))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -145,7 +145,7 @@ def datasets(data_cfg, splits: data.Splits) -> list[DatasetInput]:
         with warnings.catch_warnings():  # MLflow registers two equal sources for a local path
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
             ds = mlflow.data.from_numpy(x, targets=y, source=Path(folder).resolve().as_uri(),
-                                        name=DATASET_NAME, digest=digest(data_cfg, files))
+                                        name=f"{DATASET_NAME}-{context}", digest=digest(data_cfg, context))
         tags = [InputTag("mlflow.data.context", context),
                 *(InputTag(f"sha256.{n.removesuffix('.gz')}", data.SHA256[n]) for n in files)]
         inputs.append(DatasetInput(ds._to_mlflow_entity(), tags))

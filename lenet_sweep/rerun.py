@@ -191,6 +191,9 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
     uri_given = overrides.get("mlflow.tracking_uri")
     mlflow_cfg = OmegaConf.create({"tracking_uri": uri_given})
     uri = tracking.tracking_uri(mlflow_cfg)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise RerunError(f"no MLflow run {run_id!r} in {tracking.mask_url(uri)}: that database file "
+                         "does not exist")  # opening it would create an empty store
     try:
         client = tracking.client_for(mlflow_cfg)
     except UserError:  # the store does not answer: one line already

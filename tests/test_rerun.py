@@ -1,0 +1,143 @@
+"""``python -m lenet_sweep.rerun``: what every run records, a rerun that equals its original (a single
+run and a sweep trial, which the sweep also registered), and one-line errors. Real subprocesses, a
+real MLflow store in tmp."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, all_runs, run_cli
+from lenet_sweep import data, provenance
+
+TIMING = ("epoch_seconds", "samples_per_second", "figures_seconds")
+
+
+def rerun_cli(args, cwd, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lenet_sweep.rerun", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def model_metrics(run) -> dict[str, float]:
+    return {k: v for k, v in run.data.metrics.items()
+            if k not in TIMING and not k.startswith("registry")}
+
+
+def rerun_of(client: MlflowClient, run_id: str):
+    [new] = [r for r in all_runs(client) if r.data.tags.get("rerun_of") == run_id]
+    return new
+
+
+def config_of(client: MlflowClient, run_id: str, tmp_path) -> dict:
+    path = client.download_artifacts(run_id, "config.yaml", str(tmp_path / run_id))
+    return yaml.safe_load(open(path))
+
+
+def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(tmp_path, mlflow_uri, client):
+    proc = run_cli([*TINY, f"mlflow.tracking_uri={mlflow_uri}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [original] = all_runs(client)
+    tags = original.data.tags
+    for package in ("lenet_sweep", "tensorflow", "keras", "mlflow", "optuna", "python"):
+        assert tags[f"version.{package}"], package
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert tags["threads.intra_op"] == str(provenance.schedulable_cpus())  # TF's default: all cores
+    assert tags["threads.intra_op_setting"] == "0" and tags["xla"] in ("true", "false")
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i
+              for i in original.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    sha = {t.key: t.value for t in inputs["test"].tags if t.key.startswith("sha256.")}
+    assert sha == {"sha256.t10k-images-idx3-ubyte": data.SHA256["t10k-images-idx3-ubyte.gz"],
+                   "sha256.t10k-labels-idx1-ubyte": data.SHA256["t10k-labels-idx1-ubyte.gz"]}
+    assert '"features_shape": [460, 28, 28, 1]' in inputs["training"].dataset.profile  # 512 - 10 %
+
+    proc = rerun_cli([original.info.run_id, f"mlflow.tracking_uri={mlflow_uri}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = rerun_of(client, original.info.run_id)
+    assert new.info.status == "FINISHED" and new.info.run_id != original.info.run_id
+    assert model_metrics(new) == model_metrics(original)  # exactly: same machine, threads, XLA plan
+    assert {"test_accuracy", "val_loss", "loss"} <= set(model_metrics(new))
+    assert "[rerun] identical: every metric of the rerun equals the original's" in proc.stdout
+    assert "test_accuracy" in proc.stdout and "difference" in proc.stdout  # the side-by-side table
+    # the same configuration, from the record: only the run id it logged into differs
+    old_cfg, new_cfg = config_of(client, original.info.run_id, tmp_path), config_of(client, new.info.run_id, tmp_path)
+    assert new_cfg["mlflow"].pop("run_id") == new.info.run_id
+    old_cfg["mlflow"].pop("run_id")
+    assert new_cfg == old_cfg
+    assert all(r.info.status == "FINISHED" for r in all_runs(client))
+
+
+def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(tmp_path, mlflow_uri, client):
+    proc = run_cli(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+                    *TINY, f"mlflow.tracking_uri={mlflow_uri}", f"hydra.sweeper.storage={tmp_path}/optuna.journal",
+                    f"hydra.sweep.dir={tmp_path}/multirun"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = all_runs(client)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    best_id = parent.data.tags["best_trial_run_id"]
+    best = client.get_run(best_id)
+
+    # the winner: one version, tagged; champion, since there was none; the decision on the parent
+    [version] = client.search_model_versions("name = 'lenet_sweep'")
+    assert version.tags == {"run_id": best_id, "study_name": "lenet_sweep",
+                            "trial_number": best.data.tags["optuna.trial_number"],
+                            "test_accuracy": str(best.data.metrics["test_accuracy"])}
+    assert str(client.get_model_version_by_alias("lenet_sweep", "champion").version) == str(version.version)
+    assert parent.data.tags["registry.decision"] == "first" and parent.data.metrics["registry_seconds"] > 0
+    assert "[registry] lenet_sweep version 1" in proc.stdout
+
+    # a trial reruns outside the sweep: a new run, not the trial's, with its worker's thread count
+    assert best.data.tags["threads.intra_op_setting"] != "0"  # a sweep worker sets its threads
+    proc = rerun_cli([best_id, f"mlflow.tracking_uri={mlflow_uri}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = rerun_of(client, best_id)
+    assert "mlflow.parentRunId" not in new.data.tags and "optuna.trial_number" not in new.data.tags
+    assert new.data.tags["threads.intra_op"] == best.data.tags["threads.intra_op"]
+    assert model_metrics(new) == model_metrics(best)
+    assert "[rerun] identical" in proc.stdout
+    cfg = config_of(client, new.info.run_id, tmp_path)
+    assert cfg.get("trial_number") is None and cfg["mlflow"]["register"] is False
+    assert len(client.search_model_versions("name = 'lenet_sweep'")) == 1  # a rerun registers nothing
+    assert all(r.info.status == "FINISHED" for r in all_runs(client))
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The error line, the last of stderr (before it, at most MLflow's log lines of a fresh store)."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert all(" INFO mlflow." in line for line in lines[:-1]), proc.stderr[-3000:]
+    return lines[-1]
+
+
+def test_a_run_that_is_not_there_or_has_no_config_is_one_error_line(tmp_path, mlflow_uri, client):
+    line = one_error_line(rerun_cli(["0123456789abcdef0123456789abcdef", f"mlflow.tracking_uri={mlflow_uri}"],
+                                    tmp_path))
+    assert line == f"error: no MLflow run '0123456789abcdef0123456789abcdef' in {mlflow_uri}"
+
+    exp = client.create_experiment("other")
+    bare = client.create_run(exp).info.run_id
+    client.set_terminated(bare, "FINISHED")
+    line = one_error_line(rerun_cli([bare, f"mlflow.tracking_uri={mlflow_uri}"], tmp_path))
+    assert line.startswith(f"error: run '{bare}' in {mlflow_uri} has no config.yaml artifact")
+
+    assert one_error_line(rerun_cli([], tmp_path)).startswith("error: give the MLflow run id first")
+    typo = f"sqlite:///{tmp_path / 'no_such.db'}"
+    line = one_error_line(rerun_cli([bare, f"mlflow.tracking_uri={typo}"], tmp_path))
+    assert line == f"error: no MLflow run '{bare}' in {typo}: that database file does not exist"
+    assert not (tmp_path / "no_such.db").exists()
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([exp]))
+
+
+@pytest.mark.postgres
+def test_the_error_line_masks_the_password_of_the_store(tmp_path, pg_url):
+    secret = pg_url.replace("postgres@", "postgres:s3cret@")  # the test server trusts local users
+    line = one_error_line(rerun_cli(["0123456789abcdef0123456789abcdef", f"mlflow.tracking_uri={secret}"],
+                                    tmp_path))
+    assert line == ("error: no MLflow run '0123456789abcdef0123456789abcdef' in "
+                    f"{pg_url.replace('postgres@', 'postgres:***@')}")
