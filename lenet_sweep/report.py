@@ -23,7 +23,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from lenet_sweep import tracking
+from lenet_sweep import stores, tracking
 from lenet_sweep.sweep import study as studies
 
 logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" notes
@@ -239,6 +239,11 @@ def open_study(name: str, storage_url: str | None) -> optuna.Study:
     shown = tracking.mask_url(url)
     if "://" not in url and not Path(url).is_file():
         raise ReportError(f"no Optuna storage at {url} (run a sweep first, or give storage=…)")
+    if "://" in url:
+        try:
+            stores.check_database(url, "storage")
+        except stores.StoreError as exc:
+            raise ReportError(str(exc)) from None
     storage = studies.make_storage(url)
     names = optuna.study.get_all_study_names(storage)
     if name not in names:

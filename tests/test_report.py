@@ -1,10 +1,8 @@
 """The sweep report: ranked table, plots, the sweeper's report files and ``python -m lenet_sweep.report``."""
 
-import getpass
 import os
 import subprocess
 import sys
-import uuid
 
 import optuna
 import pandas as pd
@@ -122,28 +120,15 @@ def test_plots_of_a_study_with_one_trial_do_not_crash(tmp_path):
 
 
 @pytest.mark.postgres
-def test_report_reads_a_postgresql_storage(tmp_path, capsys):
-    psycopg = pytest.importorskip("psycopg")
-    user, db = getpass.getuser(), f"report_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect(f"postgresql://{user}@127.0.0.1/postgres", autocommit=True,
-                                connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({exc})")
-    admin.execute(f'CREATE DATABASE "{db}"')
-    url = f"postgresql://{user}@127.0.0.1/{db}"
-    try:
-        storage = make_storage(url)
-        fake_study(storage, "pg_study", direction="maximize")
-        assert report.main([f"storage={url}", "study_name=pg_study", f"out={tmp_path / 'out'}",
-                            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]) == 0
-        rows = table_rows(capsys.readouterr().out)
-        assert [r[2] for r in rows] == ["COMPLETE"] * 3 + ["RUNNING", "PRUNED", "FAIL"]
-        assert [float(r[3]) for r in rows[:3]] == [0.3, 0.2, 0.1]
-        assert (tmp_path / "out" / report.TABLE_CSV).is_file()
-        assert report.main([f"storage={url}", "study_name=nope"]) == 1
-        assert "studies there: pg_study" in capsys.readouterr().err
-        storage.engine.dispose()
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.close()
+def test_report_reads_a_postgresql_storage(tmp_path, capsys, pg_url):
+    storage = make_storage(pg_url)
+    fake_study(storage, "pg_study", direction="maximize")
+    assert report.main([f"storage={pg_url}", "study_name=pg_study", f"out={tmp_path / 'out'}",
+                        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [r[2] for r in rows] == ["COMPLETE"] * 3 + ["RUNNING", "PRUNED", "FAIL"]
+    assert [float(r[3]) for r in rows[:3]] == [0.3, 0.2, 0.1]
+    assert (tmp_path / "out" / report.TABLE_CSV).is_file()
+    assert report.main([f"storage={pg_url}", "study_name=nope"]) == 1
+    assert "studies there: pg_study" in capsys.readouterr().err
+    storage.engine.dispose()

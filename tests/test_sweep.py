@@ -14,7 +14,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
-from conftest import TINY, all_runs, run_cli
+from conftest import TINY, alive, all_runs, child_pids, run_cli
 from lenet_sweep.sweep.runner import SweepRunner
 
 
@@ -45,6 +45,9 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(tmp_path, client):
     assert study.trials[0].params == {"optimizer.lr": 0.9, "optimizer.momentum": 0.0,
                                       "optimizer.nesterov": False, "model.activation": "sigmoid"}
     assert "[sweep] trial 2 (3/3) COMPLETE" in proc.stdout
+    # the console: one line per trial, no model table (trainer.verbose=0), no TensorFlow start-up lines
+    assert "output shape" not in proc.stdout and "test_accuracy=" not in proc.stdout
+    assert "cudart_stub" not in proc.stderr and "absl::InitializeLog" not in proc.stderr
 
     [parent], children = parents_and_children(client)
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study_name"] == "lenet_sweep"
@@ -97,6 +100,12 @@ def test_failing_and_diverging_trials_are_fail_and_the_sweep_completes(tmp_path,
     assert sorted(c.data.tags["optuna.trial_state"] for c in children) == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
     assert all(c.info.status in ("FINISHED", "FAILED") for c in children)
     assert {c.info.status for c in children if c.data.tags["optuna.trial_state"] == "FAIL"} == {"FAILED"}
+    for child in children:  # the full traceback of every failure: an artifact, and the job's log file
+        if child.data.tags["optuna.trial_state"] == "FAIL":
+            text = client.download_artifacts(child.info.run_id, "error.txt", str(tmp_path))
+            assert open(text).read().startswith("Traceback (most recent call last)")
+    number = diverged.number
+    assert "Traceback (most recent call last)" in (tmp_path / "multirun" / str(number) / "__main__.log").read_text()
 
 
 def test_no_completed_trial_ends_with_a_clear_message(tmp_path, client):
@@ -145,9 +154,15 @@ def test_killed_sweep_leaves_no_running_trial_after_resume(tmp_path, client):
             time.sleep(1)
         else:
             pytest.fail("the trial never started")
+        workers = child_pids(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert workers  # the pool's training worker: it must not outlive its sweeper
+    deadline = time.time() + 30  # it notices within 0.5 s, then gives its job 15 s to close the run
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(alive(pid) for pid in workers)
     assert load(tmp_path).trials[0].state == TrialState.RUNNING
 
     proc = run_cli(sweep_args(tmp_path, n_trials=2), tmp_path)
@@ -196,3 +211,87 @@ def test_a_failed_trials_error_unpickles_without_tensorflow():
     out = subprocess.run([sys.executable, "-c", probe], input=pickle.dumps(TrainingDiverged("nan")),
                          capture_output=True, check=True)
     assert out.stdout.decode().strip() == "False"
+
+
+def wait_until_training(client, proc, timeout=240):
+    """Until the sweep's first trial has logged an epoch; its MLflow run."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        runs = [r for r in all_runs(client) if "mlflow.parentRunId" in r.data.tags]
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+            return runs[0]
+        time.sleep(1)
+    pytest.fail("the trial never started")
+
+
+def test_sigterm_stops_in_one_line_and_retry_failed_reruns_the_trial(tmp_path, client):
+    args = sweep_args(tmp_path, "trainer.epochs=50", "data.train_limit=2000", "hydra.sweeper.retry_failed=1",
+                      n_trials=1)
+    proc = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        run = wait_until_training(client, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "[sweep] terminated (SIGTERM): running trials marked FAIL, their runs KILLED" in out
+    assert "Traceback" not in err, err[-2000:]
+    study = load(tmp_path)
+    killed, retry = study.trials
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_reason"].startswith("sweep interrupted")
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == killed.number
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]  # the parent run too
+
+    proc = run_cli(sweep_args(tmp_path, n_trials=1), tmp_path)  # the interrupted trial, again
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[1].params == killed.params
+
+
+class RefusingLauncher:
+    """A launcher whose every submit fails (a worker that cannot start, a broken cluster client)."""
+    asynchronous = True
+
+    def submit(self, overrides, idx):
+        raise RuntimeError("cannot start a job")
+
+    def flush(self):
+        pass
+
+    def shutdown(self, kill=False):
+        pass
+
+
+def test_a_failure_between_ask_and_launch_leaves_nothing_running(tmp_path, client):
+    from lenet_sweep.sweep.study import make_storage
+
+    storage_url = str(tmp_path / "j.journal")
+    study = optuna.create_study(study_name="s", storage=make_storage(storage_url))
+    runner = SweepRunner({"n_trials": 2, "params": {}, "timeout": None, "max_failure_rate": 0.5,
+                          "retry_failed": 0})
+    runner.client, runner.launcher, runner.n_jobs, runner.n_trials = client, RefusingLauncher(), 1, 2
+    runner.storage_url, runner.sweep_dir = storage_url, tmp_path / "multirun"
+    runner.experiment_id = client.create_experiment("e")
+    runner.parent_id = client.create_run(runner.experiment_id).info.run_id
+    with pytest.raises(RuntimeError, match="cannot start a job"):
+        runner._loop(study, {"x": optuna.distributions.FloatDistribution(0, 1)}, [])
+    [trial] = study.trials
+    assert trial.state == TrialState.FAIL and "cannot start a job" in trial.user_attrs["fail_reason"]
+    child = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert child.info.status == "KILLED" and child.data.tags["optuna.trial_state"] == "FAIL"
+
+
+def test_lenet_pool_under_another_sweeper_starts_no_more_workers_than_its_size(tmp_path, client):
+    from lenet_sweep import devices
+
+    proc = run_cli(["-m", "hydra/launcher=lenet_pool", "optimizer.lr=0.1,0.2,0.3", *TINY,
+                    f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun"],
+                   tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    size = devices.default_n_jobs([], os.cpu_count() or 1)  # Hydra's basic sweeper asks for 3 at once
+    runs = all_runs(client)
+    assert len(runs) == 3
+    assert {r.data.tags["device"].rsplit(" of ", 1)[1] for r in runs} == {f"{size})"}

@@ -1,13 +1,16 @@
 """Several sweepers on one PostgreSQL-backed study: an exact total, and a worker killed mid-trial."""
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -16,15 +19,19 @@ from conftest import TINY, all_runs
 pytestmark = pytest.mark.postgres
 
 
-def worker(tmp_path, name, storage, tracking, *extra, n_trials=6):
-    """One sweeper process (its own process group, as a separate host would be)."""
+def worker(tmp_path, name, storage, tracking, *extra, n_trials=6, hostname=None):
+    """One sweeper process (its own process group). With ``hostname`` it runs in a UTS namespace of
+    its own under that host name (``unshare -u``, as root): to every other sweeper it is on another
+    host, so only the heartbeat can tell that it died (the same-host process-id check does not apply)."""
     args = ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1",
             *TINY, f"hydra.sweeper.storage={storage}", f"mlflow.tracking_uri={tracking}",
             f"hydra.sweep.dir={tmp_path}/{name}", "hydra.sweeper.study_name=shared", *extra]
+    command = [sys.executable, "-m", "lenet_sweep", *args]
+    if hostname is not None:
+        command = ["unshare", "-u", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh", *command]
     log = open(tmp_path / f"{name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def finish(proc, tmp_path, name, timeout=600):
@@ -39,8 +46,8 @@ def test_two_workers_share_the_total_exactly(tmp_path, pg_url, pg_mlflow_url):
     assert sorted(t.number for t in study.trials) == list(range(6))
     assert all(t.state.is_finished() for t in study.trials)
     assert sum("seed_trial" in t.user_attrs for t in study.trials) == 1  # enqueued once per study
-    assert {t.user_attrs["worker"] for t in study.trials} == {  # both took part
-        t.user_attrs["worker"] for t in study.trials}
+    sweepers = {f"{socket.gethostname()}:{proc.pid}" for proc in procs}
+    assert {t.user_attrs["worker"] for t in study.trials} <= sweepers  # each ran by one of the two
     client = MlflowClient(pg_mlflow_url)
     runs = all_runs(client)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -50,10 +57,23 @@ def test_two_workers_share_the_total_exactly(tmp_path, pg_url, pg_mlflow_url):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} <= {p.info.run_id for p in parents}
 
 
-def test_a_killed_worker_is_detected_by_heartbeat_and_the_survivor_completes(tmp_path, pg_url, pg_mlflow_url):
+def heartbeats(pg_url) -> int:
+    engine = sqlalchemy.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sqlalchemy.text("select count(*) from trial_heartbeats")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_a_sweeper_killed_on_another_host_fails_by_heartbeat_and_the_survivor_completes(
+        tmp_path, pg_url, pg_mlflow_url):
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare (util-linux) for a UTS namespace")
     beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4"]
     victim = worker(tmp_path, "victim", pg_url, pg_mlflow_url, *beat, "trainer.epochs=50",
-                    "data.train_limit=2000", "hydra.sweeper.enqueue_seed_trial=false", n_trials=3)
+                    "data.train_limit=2000", "hydra.sweeper.enqueue_seed_trial=false", n_trials=3,
+                    hostname="otherhost")
     client = MlflowClient(pg_mlflow_url)
     deadline = time.time() + 240
     while time.time() < deadline:  # until the victim's trial trains (an epoch is logged)
@@ -63,20 +83,27 @@ def test_a_killed_worker_is_detected_by_heartbeat_and_the_survivor_completes(tmp
         time.sleep(1)
     else:
         pytest.fail("the victim never started a trial: " + (tmp_path / "victim.log").read_text()[-2000:])
+    assert heartbeats(pg_url) >= 1  # the running trial beats
     os.killpg(victim.pid, signal.SIGKILL)  # the whole "host": sweeper and its training worker
     victim.wait()
     victim_trial = int(running[0].data.tags["optuna.trial_number"])
+    dead = optuna.load_study(study_name="shared", storage=pg_url).trials[victim_trial]
+    assert dead.user_attrs["worker"].startswith("otherhost:")
 
     survivor = worker(tmp_path, "survivor", pg_url, pg_mlflow_url, *beat, n_trials=3)
     finish(survivor, tmp_path, "survivor")
     study = optuna.load_study(study_name="shared", storage=pg_url)
-    states = {t.number: t.state for t in study.trials}
-    assert states[victim_trial] == TrialState.FAIL
-    assert len(states) == 3 and sum(s == TrialState.COMPLETE for s in states.values()) == 2
+    trials = {t.number: t for t in study.trials}
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials.values())
+    assert trials[victim_trial].state == TrialState.FAIL
+    assert trials[victim_trial].user_attrs["fail_reason"] == (
+        "its sweeper stopped beating (no heartbeat for 4 s): presumed dead")
+    assert not any("beating" in t.user_attrs.get("fail_reason", "") for n, t in trials.items() if n != victim_trial)
     killed = client.get_run(running[0].info.run_id)
     assert killed.info.status == "KILLED" and killed.data.tags["optuna.trial_state"] == "FAIL"
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]  # the victim's parent too
-    assert "was left RUNNING by a dead sweeper" in (tmp_path / "survivor.log").read_text()
+    assert f"trial {victim_trial} was left RUNNING by a dead sweeper (otherhost:" in (
+        tmp_path / "survivor.log").read_text()
 
 
 def test_retry_failed_requeues_the_dead_workers_trial(tmp_path, pg_url, pg_mlflow_url):

@@ -236,9 +236,9 @@ class SweepRunner:
                 return None
             trial = study.ask(fixed_distributions=space)
             self.heartbeat.add(trial._trial_id)
+            trial.set_user_attr("worker", studies.WORKER)  # before any other sweeper can judge it
         run_id = None
         try:
-            trial.set_user_attr("worker", studies.WORKER)
             run_id = runs.create_child(self.client, self.experiment_id, self.parent_id,
                                        study.study_name, trial.number)
             trial.set_user_attr("mlflow_run_id", run_id)
@@ -290,8 +290,7 @@ class SweepRunner:
         if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             studies.fail(study, trial._trial_id, reason)
             if self.s["retry_failed"]:
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.s["retry_failed"])(
-                    study, study._storage.get_trial(trial._trial_id))
+                studies.requeue(study, study._storage.get_trial(trial._trial_id), self.s["retry_failed"])
         if run_id is not None:
             runs.close_child(self.client, run_id, TrialState.FAIL, reason, status="KILLED")
 
@@ -315,16 +314,26 @@ class SweepRunner:
                       flush=True)
 
     def _on_stale(self, study, trial) -> None:
+        """A trial of a dead sweeper was just marked FAIL (by process id, or by Optuna's heartbeat
+        check, which calls this): say why, end its runs, maybe queue it again."""
+        reason = trial.user_attrs.get("fail_reason")
+        if reason is None:  # failed by the heartbeat check
+            reason = f"its sweeper stopped beating (no heartbeat for {self._grace(study)} s): presumed dead"
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
         print(f"[sweep] trial {trial.number} was left RUNNING by a dead sweeper "
-              f"({trial.user_attrs.get('worker')}): marked FAIL")
+              f"({trial.user_attrs.get('worker')}): marked FAIL, {reason}", flush=True)
         if trial.user_attrs.get("mlflow_run_id"):
             runs.close_child(self.client, trial.user_attrs["mlflow_run_id"], TrialState.FAIL,
-                             "its sweeper process died", status="KILLED")
+                             reason, status="KILLED")
         dead = trial.user_attrs.get("worker")
         runs.close_dead_parents(self.client, self.experiment_id, study.study_name,
                                 lambda worker: worker is not None and worker == dead)
         if self.s["retry_failed"]:
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.s["retry_failed"])(study, trial)
+            studies.requeue(study, trial, self.s["retry_failed"])
+
+    def _grace(self, study) -> int:
+        """Seconds without a heartbeat after which a trial is failed (Optuna's default: 2 beats)."""
+        return self.s["grace_period"] or 2 * study._storage.get_heartbeat_interval()
 
     def _report(self, study, trial) -> None:
         done = studies.count_finished(study)

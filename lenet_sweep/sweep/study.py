@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import socket
@@ -150,6 +151,18 @@ def fail_dead_local_trials(study: optuna.Study) -> list[FrozenTrial]:
     for trial in stale:
         fail(study, trial._trial_id, "its sweeper process died (killed or crashed)")
     return [study._storage.get_trial(t._trial_id) for t in stale]
+
+
+#: user attrs that belong to one attempt at a trial, not carried over to its retry
+ATTEMPT_ATTRS = ("worker", "mlflow_run_id", "output_dir", "fail_reason")
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, max_retry: int) -> None:
+    """Queue a failed trial again with the same parameters, at most ``max_retry`` times (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``), without the failed attempt's owner, run and reason."""
+    attempt = copy.deepcopy(trial)
+    attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, attempt)
 
 
 def foreign_running(study: optuna.Study) -> list[FrozenTrial]:
