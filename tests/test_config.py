@@ -57,6 +57,15 @@ def test_out_of_range_values_are_rejected_naming_the_key(override, key):
         validate(compose_cfg([override]))
 
 
+@pytest.mark.parametrize("overrides", [["optimizer.name=rmsprop"], ["optimizer.name=adam"],
+                                       ["optimizer=adam", "optimizer.name=sgd"]])
+def test_the_optimizer_is_chosen_by_its_group_not_by_its_name_key(overrides):
+    with pytest.raises(ConfigError, match=r"^optimizer.name=\w+ is invalid: choose the optimizer with the "
+                                          r"group \(optimizer=sgd, optimizer=adam\)"):
+        validate(compose_cfg(overrides))
+    validate(compose_cfg(["optimizer=adam"]))  # the group sets its own name
+
+
 def test_cli_rejects_bad_value_in_one_line_before_tensorflow(tmp_path):
     probe = (
         "import atexit, sys\n"

@@ -44,6 +44,11 @@ def test_diverging_run_fails_fast_and_is_marked_failed(tmp_path, mlflow_uri, cli
     [run] = all_runs(client)
     assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 1  # stopped after one epoch
+    # the console and the error tag get one line; the traceback goes to error.txt and the job's log
+    error_txt = open(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))).read()
+    assert error_txt.startswith("Traceback (most recent call last)") and "TrainingDiverged" in error_txt
+    assert "Traceback" not in proc.stderr
+    assert "Traceback (most recent call last)" in (tmp_path / "out" / "__main__.log").read_text()
 
 
 class Interrupt(keras.callbacks.Callback):
