@@ -188,10 +188,13 @@ def differences(original: Mapping[str, str], rerun: Mapping[str, str]) -> list[s
     if GIT_COMMIT in original:
         a = (original.get(GIT_COMMIT), original.get("git.dirty"))
         b = (rerun.get(GIT_COMMIT), rerun.get("git.dirty"))
-        if a != b or "true" in (a[1], b[1]):
-            def show(c):
-                return f"{(c[0] or 'none')[:10]}{' (uncommitted changes)' if c[1] == 'true' else ''}"
+        def show(c):
+            return f"{(c[0] or 'none')[:10]}{' (uncommitted changes)' if c[1] == 'true' else ''}"
+
+        if a != b:
             out.append(f"code: commit {show(a)} -> {show(b)}")
+        elif a[1] == "true":
+            out.append(f"code: commit {show(a)} in both runs (the uncommitted changes may differ)")
     for key, what in (("host.cpu", "CPU"), ("threads.intra_op", "intra-op threads")):
         if key in original and original.get(key) != rerun.get(key):
             out.append(f"{what} {original.get(key)} -> {rerun.get(key)}")

@@ -22,6 +22,8 @@ and printed in one line.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import time
@@ -175,9 +177,10 @@ def logged_model_id(client: MlflowClient, run_id: str) -> str | None:
 
 def log_model(client: MlflowClient, run_id: str) -> str:
     """Log the run's model in MLflow's Keras format (once per run); returns its ``models:/`` URI."""
-    import keras
     from mlflow.models import Model
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from lenet_sweep.quiet import startup_lines_filtered
 
     if (model_id := logged_model_id(client, run_id)) is not None:
         return f"models:/{model_id}"
@@ -185,19 +188,16 @@ def log_model(client: MlflowClient, run_id: str) -> str:
     if "test_accuracy" not in metrics:
         raise RegistryError(f"run {run_id} has no test_accuracy: it did not finish training")
     step = max((m.step for m in client.get_metric_history(run_id, "test_accuracy")), default=0)
-    interactive = keras.config.is_interactive_logging_enabled()
     with tempfile.TemporaryDirectory() as tmp, _use_tracking_uri(client.tracking_uri):
         cfg = run_config(client, run_id, tmp)
-        model = serving_model(cfg, download(client, run_id, WEIGHTS, tmp))
-        keras.config.disable_interactive_logging()  # MLflow's check of the input example predicts
-        try:
-            info = Model.log(None, name=MODEL_NAME, flavor=_KerasFlavor, model=model, run_id=run_id,
-                             signature=signature(), input_example=example_images(cfg.data.dir),
+        weights = download(client, run_id, WEIGHTS, tmp)
+        # TensorFlow's start-up lines (a sweeper imports it here) and the progress bar of MLflow's
+        # check that the input example predicts stay off the terminal
+        with startup_lines_filtered(), contextlib.redirect_stdout(io.StringIO()):
+            info = Model.log(None, name=MODEL_NAME, flavor=_KerasFlavor, model=serving_model(cfg, weights),
+                             run_id=run_id, signature=signature(), input_example=example_images(cfg.data.dir),
                              pip_requirements=_requirements(), step=step,
                              tags={"lenet_sweep.serving": "raw_pixels"})
-        finally:
-            if interactive:
-                keras.config.enable_interactive_logging()
     return f"models:/{info.model_id}"
 
 

@@ -216,8 +216,10 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
     OmegaConf.update(cfg, "mlflow.run_id", new_id)
     try:
         with tracking._sigterm_as_exit():  # a kill before train() opens the run still closes it
-            from lenet_sweep.train import train
+            from lenet_sweep.quiet import startup_lines_filtered
 
+            with startup_lines_filtered():  # TensorFlow's C++ start-up lines, as python -m lenet_sweep
+                from lenet_sweep.train import train
             train(cfg)
     except BaseException as exc:
         if client.get_run(new_id).info.status == "RUNNING":  # failed before train() opened it

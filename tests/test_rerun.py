@@ -141,3 +141,58 @@ def test_the_error_line_masks_the_password_of_the_store(tmp_path, pg_url):
                                     tmp_path))
     assert line == ("error: no MLflow run '0123456789abcdef0123456789abcdef' in "
                     f"{pg_url.replace('postgres@', 'postgres:***@')}")
+
+
+def recorded():
+    """A sweep trial's recorded config.yaml, as an older lenet_sweep logged it (no mlflow.register)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+
+    cfg = OmegaConf.to_container(compose_cfg(TINY), resolve=True, enum_to_str=True)
+    cfg["trial_number"], cfg["mlflow"]["run_id"] = 4, "abc"
+    del cfg["mlflow"]["register"]
+    return OmegaConf.create(cfg)
+
+
+def test_the_rerun_config_is_the_record_without_sweeper_plumbing_and_with_the_xla_choice():
+    from lenet_sweep.rerun import RerunError, rerun_config
+
+    cfg, notes = rerun_config(recorded(), {"xla": "false", "xla_measured": "false"}, "sqlite:///x.db",
+                              {"trainer.verbose": 2})
+    assert cfg.trial_number is None and cfg.mlflow.run_id is None  # a new run, outside the sweep
+    assert cfg.mlflow.register is False and cfg.mlflow.tracking_uri == "sqlite:///x.db"
+    assert cfg.trainer.jit_compile is False and cfg.trainer.verbose == 2
+    assert cfg.data.train_limit == 512 and cfg.optimizer.lr == 0.9  # the record, not today's defaults
+    assert notes == ["not in the record, today's default: mlflow.register",
+                     "trainer.jit_compile=false (the original's XLA choice)", "trainer.verbose=2 (given)"]
+
+    cfg, _ = rerun_config(recorded(), {"xla": "true", "xla_measured": "true"}, "sqlite:///x.db", {})
+    assert cfg.trainer.jit_compile is None  # it timed both variants: time them again, the same way
+    with pytest.raises(RerunError, match="trainer.epoch is not a key of the recorded config"):
+        rerun_config(recorded(), {}, "sqlite:///x.db", {"trainer.epoch": 3})
+
+
+def test_the_verdict_names_what_differs():
+    from types import SimpleNamespace
+
+    from lenet_sweep.rerun import compare, verdict
+
+    def run(tags, status="FINISHED"):
+        return SimpleNamespace(data=SimpleNamespace(tags=tags), info=SimpleNamespace(status=status),
+                               inputs=None)
+
+    base = {"version.tensorflow": "2.21.0", "threads.intra_op": "2", "device": "CPU (all threads)",
+            "xla": "true", "xla_measured": "true", "host.cpu": "AMD EPYC"}
+    same = compare({"test_accuracy": 0.8, "epoch_seconds": 3.0}, {"test_accuracy": 0.8, "epoch_seconds": 5.0})
+    assert list(same.index) == ["test_accuracy"]  # timings are not compared
+    assert verdict(same, run(base), run(base)).startswith("identical")
+
+    table = compare({"test_accuracy": 0.8, "loss": 0.5}, {"test_accuracy": 0.81, "loss": 0.5})
+    line = verdict(table, run({**base, "optuna.trial_state": "PRUNED", "optuna.pruned_at_epoch": "1"}),
+                   run({**base, "version.tensorflow": "2.22.0", "threads.intra_op": "4", "xla": "false"}))
+    assert line.startswith("not exact: 1 of 2 metrics differ (largest |difference| 0.01); because: ")
+    for reason in ("the original was a pruned trial (stopped after epoch 1)", "tensorflow 2.21.0 -> 2.22.0",
+                   "intra-op threads 2 -> 4", "XLA true -> false (trainer.jit_compile=null timed"):
+        assert reason in line, reason
+    assert "no recorded difference explains it" in verdict(table, run(base), run(base))
