@@ -66,9 +66,9 @@ def main() -> None:
     parser.add_argument("--pruner", nargs="+", default=["median"],
                         help="median | successive_halving | hyperband; several: one async arm each")
     args = parser.parse_args()
-    arms = [run_arm("batch, no pruning", ["hydra.launcher.asynchronous=false", "hydra.sweeper.pruner.name=none"], args)]
+    arms = [run_arm("batch, no pruning", ["hydra.launcher.asynchronous=false", "hydra/sweeper/pruner=none"], args)]
     for name in args.pruner:
-        pruner = [f"hydra.sweeper.pruner.name={name}"]
+        pruner = [f"hydra/sweeper/pruner={name}"]
         if name == "median":
             pruner += ["hydra.sweeper.pruner.n_startup_trials=3", "hydra.sweeper.pruner.n_warmup_steps=0"]
         arms.append(run_arm(f"async + {name}", pruner, args))

@@ -19,6 +19,18 @@ from lenet_sweep.config import ConfigError, UserError, register, validate  # noq
 register()
 log = logging.getLogger(__name__)
 
+#: keys that became config groups: the one-line hint for each (Hydra's own error would not say)
+MOVED = {"hydra.sweeper.sampler=": "hydra/sweeper/sampler=", "hydra.sweeper.pruner.name=": "hydra/sweeper/pruner="}
+
+
+def _moved_keys(argv: list[str]) -> None:
+    for arg in argv:
+        for old, new in MOVED.items():
+            if arg.startswith(old):
+                value = arg[len(old):]
+                sys.exit(f"error: {arg} is now a config group: write {new}{value} "
+                         f"(its options: {new.replace('/', '.').rstrip('=')}.KEY=VALUE)")
+
 
 def objective(metrics: dict[str, float], name: str) -> float:
     if name not in metrics:
@@ -65,4 +77,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    _moved_keys(sys.argv[1:])
     main()

@@ -28,7 +28,7 @@ def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client)
     enqueue(tmp_path, {**NOTEBOOK, "optimizer.lr": 0.1, "model.activation": "relu"},
             {**NOTEBOOK, "optimizer.lr": 1e-7, "model.activation": "relu"})
     proc = run_cli(sweep_args(
-        tmp_path, "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner.name=median",
+        tmp_path, "hydra.sweeper.n_jobs=1", "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0",
         "trainer.epochs=3", "data.train_limit=2000", "data.normalize=true",
         "optimizer.lr=tag(log, interval(1e-8, 1.0))", n_trials=2), tmp_path)
@@ -52,7 +52,7 @@ def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client)
 def test_a_free_worker_starts_the_next_trial_without_waiting_for_the_slow_one(tmp_path, client):
     base = {**NOTEBOOK, "optimizer.lr": 0.1, "model.activation": "sigmoid"}
     enqueue(tmp_path, {**base, "trainer.epochs": 80}, *[{**base, "trainer.epochs": 1}] * 3)
-    proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none",
+    proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none",
                               "data.train_limit=2000", "trainer.epochs=choice(1,80)", n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="lenet_sweep", storage=make_storage(f"{tmp_path}/optuna.journal"))

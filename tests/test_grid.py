@@ -8,7 +8,7 @@ from test_sweep import load, sweep_args
 
 def test_pure_grid_runs_every_point_once_and_finishes(tmp_path, client):
     # lr 0.9 (the notebook's) is not a point of this grid: no seed trial, said in one line
-    proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.sampler=grid", "~hydra.sweeper.params.optimizer.momentum",
+    proc = run_cli(sweep_args(tmp_path, "hydra/sweeper/sampler=grid", "~hydra.sweeper.params.optimizer.momentum",
                               "~hydra.sweeper.params.optimizer.lr", "optimizer.lr=choice(0.1,0.01)",
                               "optimizer.nesterov=false", "model.activation=relu", "data.normalize=true",
                               n_trials=20), tmp_path)
@@ -24,7 +24,7 @@ def test_pure_grid_runs_every_point_once_and_finishes(tmp_path, client):
 
 
 def test_grid_with_the_notebook_as_a_point_runs_it_once(tmp_path):
-    proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.sampler=grid", "~hydra.sweeper.params.optimizer.momentum",
+    proc = run_cli(sweep_args(tmp_path, "hydra/sweeper/sampler=grid", "~hydra.sweeper.params.optimizer.momentum",
                               "~hydra.sweeper.params.optimizer.nesterov", "optimizer.lr=choice(0.9,0.05)",
                               "model.activation=choice(sigmoid,relu)", n_trials=20), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

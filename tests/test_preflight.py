@@ -38,6 +38,12 @@ def assert_nothing_created(tmp_path):
     ("hydra.launcher.n_workers=1 hydra.sweeper.n_jobs=2",
      ["hydra.launcher.n_workers=1 is fewer than the 2 trials hydra.sweeper.n_jobs runs at once"]),
     ("hydra.sweep.dir=/proc/nope/multirun", ["hydra.sweep.dir: cannot write in /proc/nope/multirun"]),
+    ("hydra.sweeper.sampler=grid", ["hydra.sweeper.sampler=grid is now a config group: write "
+                                    "hydra/sweeper/sampler=grid"]),
+    ("hydra.sweeper.pruner.name=none", ["write hydra/sweeper/pruner=none"]),
+    ("hydra/sweeper/pruner=threshold", ["hydra/sweeper/pruner=threshold: Either lower or upper"]),
+    ("objective=val_loss hydra.sweeper.direction=maximize",
+     ["hydra.sweeper.direction=maximize contradicts objective=val_loss, which is a loss"]),
 ])
 def test_bad_sweep_settings_fail_before_anything_is_created(tmp_path, override, fragments):
     proc = run_cli(sweep_args(tmp_path, *override.split()), tmp_path, timeout=120)
@@ -74,3 +80,13 @@ def test_report_with_an_unreachable_storage(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lenet_sweep.report", f"storage={url}"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert_one_error_line(proc, url, "cannot connect")
+
+
+def test_a_study_is_resumed_only_in_its_own_direction(tmp_path):
+    import optuna
+
+    optuna.create_study(study_name="lenet_sweep", direction="maximize",
+                        storage=optuna.storages.JournalStorage(
+                            optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal"))))
+    proc = run_cli(sweep_args(tmp_path, "objective=val_loss"), tmp_path, timeout=120)
+    assert_one_error_line(proc, "study lenet_sweep in", "was created to maximize, not to minimize")

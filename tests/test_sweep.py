@@ -82,7 +82,7 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(tmp_path, client):
 
 def test_failing_and_diverging_trials_are_fail_and_the_sweep_completes(tmp_path, client):
     proc = run_cli(sweep_args(
-        tmp_path, "hydra.sweeper.sampler=grid", "hydra.sweeper.enqueue_seed_trial=false",
+        tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.enqueue_seed_trial=false",
         "hydra.sweeper.max_failure_rate=1.0", "data.normalize=true",
         "optimizer.lr=choice(0.01,100000.0)", "optimizer.momentum=choice(0.0)",
         "optimizer.nesterov=choice(false)", "model.activation=choice(relu)",
@@ -131,7 +131,7 @@ def test_too_many_failures_stop_the_sweep(tmp_path, client):
     ("hydra.sweeper.params.optimizer.lr='interval(1.0,0.5)'",
      "hydra.sweeper.params.optimizer.lr: 'interval(1.0,0.5)': lower bound"),
     ("hydra.sweeper.params.model.activation='shuffle(relu,sigmoid)'", "hydra.sweeper.params.model.activation"),
-    ("hydra.sweeper.sampler=grid", "hydra.sweeper.sampler=grid needs choice"),
+    ("hydra/sweeper/sampler=grid", "hydra/sweeper/sampler=grid needs choice"),
 ])
 def test_bad_search_space_fails_before_any_trial(tmp_path, entry, fragment):
     proc = run_cli(sweep_args(tmp_path, entry), tmp_path)

@@ -88,10 +88,18 @@ class SweepRunner:
         self.config = config
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        choices = config.hydra.runtime.choices
+        self.sampler_name = choices.get("hydra/sweeper/sampler", "tpe")
+        self.pruner_name = choices.get("hydra/sweeper/pruner", "median")
         try:
             settings.check(self.s)
-        except ValueError as exc:
-            sys.exit(f"error: {exc}")
+            self.direction = settings.direction(self.s["direction"], config.objective)
+            self.s["pruner"]()  # bad pruner options fail here, before anything starts
+        except (ValueError, TypeError) as exc:
+            reason = " ".join(str(exc).split())
+            if isinstance(exc, TypeError) or self.pruner_name in reason:
+                sys.exit(f"error: hydra/sweeper/pruner={self.pruner_name}: {reason}")
+            sys.exit(f"error: {reason}")
         self.n_jobs = self.s["n_jobs"] or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
         n_workers = getattr(launcher, "n_workers", None)
         if n_workers is not None and n_workers < self.n_jobs:
@@ -125,9 +133,9 @@ class SweepRunner:
         s = self.s
         try:
             space, fixed, space_text = self._space(arguments)
-            sampler = samplers.make_sampler(s["sampler"], s["seed"], space)
+            sampler = samplers.make_sampler(self.sampler_name, s["sampler"], s["seed"], space)
             self.n_trials = s["n_trials"]
-            if s["sampler"] == "grid" and samplers.grid_size(space) < self.n_trials:
+            if self.sampler_name == "grid" and samplers.grid_size(space) < self.n_trials:
                 self.n_trials = samplers.grid_size(space)
                 print(f"[sweep] hydra.sweeper.n_trials={s['n_trials']} is more than the grid's "
                       f"{self.n_trials} points: the study ends at {self.n_trials} trials")
@@ -138,19 +146,24 @@ class SweepRunner:
             storage = studies.make_storage(self.storage_url, s["heartbeat_interval"], s["grace_period"],
                                            on_stale=self._on_stale)
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
-                                        direction=s["direction"], load_if_exists=True)
-        except (SearchSpaceError, stores.StoreError, ValueError) as exc:
-            sys.exit(f"error: {exc}")
+                                        direction=self.direction, load_if_exists=True)
+            if study.direction.name.lower() != self.direction:
+                raise ValueError(f"study {s['study_name']} in {tracking.mask_url(self.storage_url)} "
+                                 f"was created to {study.direction.name.lower()}, not to {self.direction} "
+                                 f"(objective={self.config.objective}): give a new hydra.sweeper.study_name")
+        except (SearchSpaceError, stores.StoreError, ValueError, TypeError) as exc:
+            sys.exit(f"error: {' '.join(str(exc).split())}")
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
         runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], studies.dead_here)
         if s["enqueue_seed_trial"]:
-            note = studies.enqueue_seed_trial(study, space, grid=s["sampler"] == "grid")
+            note = studies.enqueue_seed_trial(study, space, grid=self.sampler_name == "grid")
             if note:
                 print(f"[sweep] {note}")
         tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
-                "optuna.sampler": s["sampler"], "optuna.direction": s["direction"],
+                "optuna.sampler": self.sampler_name, "optuna.pruner": self.pruner_name,
+                "optuna.direction": self.direction,
                 "optuna.search_space": json.dumps(space_text, default=str),
                 "sweep_dir": str(self.sweep_dir), "worker": studies.WORKER}
         try:
@@ -365,7 +378,7 @@ class SweepRunner:
         best = study.best_trial
         results = {
             "study_name": study.study_name, "storage": tracking.mask_url(storage_url),
-            "direction": self.s["direction"], "best_trial": best.number, "best_value": best.value,
+            "direction": self.direction, "best_trial": best.number, "best_value": best.value,
             "best_params": best.params, "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
             "output_dir": best.user_attrs.get("output_dir"), "trials": states,
         }

@@ -76,41 +76,29 @@ def grid_size(space: Mapping[str, BaseDistribution]) -> int:
 def _grid(space: Mapping[str, BaseDistribution]) -> dict[str, list]:
     bad = [k for k, d in space.items() if not isinstance(d, CategoricalDistribution)]
     if bad:
-        raise ValueError(f"hydra.sweeper.sampler=grid needs choice(...) for every entry; "
+        raise ValueError(f"hydra/sweeper/sampler=grid needs choice(...) for every entry; "
                          f"hydra.sweeper.params.{bad[0]} is not a choice")
     return {k: list(d.choices) for k, d in space.items()}
 
 
-def _factory(name: str, space: Mapping[str, BaseDistribution],
-             options: Mapping[str, Any]) -> Callable[[int | None], BaseSampler]:
-    samplers = optuna.samplers
-    if name == "tpe":  # constant_liar: trials still running count as bad, so parallel asks spread out
-        options = {"constant_liar": True, **options}
-        return lambda seed: samplers.TPESampler(seed=seed, **options)
-    if name == "random":
-        return lambda seed: samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return lambda seed: samplers.CmaEsSampler(seed=seed)
+def make_sampler(name: str, make: Callable[..., BaseSampler], seed: int | None,
+                 space: Mapping[str, BaseDistribution]) -> BaseSampler:
+    """The sweep's sampler from ``make`` (the constructor Hydra built from ``hydra/sweeper/sampler=
+    name``, options bound). QMC and grid keep one seed for the whole study: both walk a sequence that
+    the seed fixes (QMC's scramble, the grid's shuffled order) by an index the study hands out (QMC's
+    sample id, the grid's trial number), so workers do not repeat points, and a per-trial seed would
+    mix several sequences. Every other sampler draws per trial (:class:`PerTrialSeed`)."""
     if name == "gp":
         try:
             import torch  # noqa: F401  (Optuna's GPSampler needs it)
         except ImportError:
-            raise ValueError("hydra.sweeper.sampler=gp needs PyTorch: pip install torch") from None
-        return lambda seed: samplers.GPSampler(seed=seed)
-    raise ValueError(f"hydra.sweeper.sampler={name} is unknown")
-
-
-def make_sampler(name: str, seed: int | None, space: Mapping[str, BaseDistribution],
-                 options: Mapping[str, Any] | None = None) -> BaseSampler:
-    """The sweep's sampler. QMC and grid keep one seed for the whole study: both walk a sequence
-    that the seed fixes (QMC's scramble, the grid's shuffled order) by an index the study hands out
-    (QMC's sample id, the grid's trial number), so workers do not repeat points, and a per-trial seed
-    would mix several sequences. Every other sampler draws per trial (:class:`PerTrialSeed`)."""
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed)
+            raise ValueError("hydra/sweeper/sampler=gp needs PyTorch: pip install torch") from None
     if name == "grid":
-        return GridSampler(_grid(space), seed=seed)
-    return PerTrialSeed(_factory(name, space, dict(options or {})), seed)
+        return make(_grid(space), seed=seed)
+    if name == "qmc":
+        return make(seed=seed)
+    make(seed=trial_seed(seed, 0))  # bad options fail now, before any trial
+    return PerTrialSeed(lambda trial_seed_: make(seed=trial_seed_), seed)
 
 
 class GridSampler(optuna.samplers.GridSampler):

@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 SWEEPER_TARGET = "hydra_plugins.lenet_sweep_optuna.optuna_sweeper.OptunaSweeper"
 
@@ -19,40 +20,143 @@ class Direction(Enum):
     minimize = "minimize"
 
 
-class Sampler(Enum):
-    tpe = "tpe"
-    random = "random"
-    cmaes = "cmaes"
-    gp = "gp"
-    qmc = "qmc"
-    grid = "grid"
-
-
-class PrunerName(Enum):
-    median = "median"
-    hyperband = "hyperband"
-    successive_halving = "successive_halving"
-    threshold = "threshold"
-    none = "none"
+# -- samplers: hydra/sweeper/sampler=<name>, every constructor option typed --------------------------
+# ``_partial_``: Hydra hands the sweeper a constructor, which it calls with each trial's seed
+# (lenet_sweep.sweep.samplers) and, for the grid, the search space.
+@dataclass
+class TPESamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    _partial_: bool = True
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    group: bool = False
+    constant_liar: bool = True  # running trials count as bad: parallel asks spread out
+    consider_endpoints: bool = False
+    prior_weight: float = 1.0
+    warn_independent_sampling: bool = True
 
 
 @dataclass
-class PrunerConf:
-    name: PrunerName = PrunerName.median
-    n_startup_trials: int = 5  # median: trials that finish before any is pruned
-    n_warmup_steps: int = 1  # median: epochs a trial runs before it can be pruned
-    min_resource: int = 1  # hyperband / successive_halving: epochs before the first rung
-    reduction_factor: int = 3  # hyperband / successive_halving
-    lower: Optional[float] = None  # threshold: prune when the epoch's value is below this
-    upper: Optional[float] = None  # threshold: prune when the epoch's value is above this
+class RandomSamplerConf:
+    _target_: str = "optuna.samplers.RandomSampler"
+    _partial_: bool = True
+
+
+@dataclass
+class CmaEsSamplerConf:
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    _partial_: bool = True
+    sigma0: Optional[float] = None
+    n_startup_trials: int = 1
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    restart_strategy: Optional[str] = None
+    popsize: Optional[int] = None
+    inc_popsize: int = -1
+    use_separable_cma: bool = False
+    with_margin: bool = False
+    lr_adapt: bool = False
+
+
+@dataclass
+class QMCSamplerConf:
+    _target_: str = "optuna.samplers.QMCSampler"
+    _partial_: bool = True
+    qmc_type: str = "sobol"
+    scramble: bool = False
+    warn_asynchronous_seeding: bool = False  # each sweeper seeds it the same on purpose (samplers.py)
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class GPSamplerConf:
+    _target_: str = "optuna.samplers.GPSampler"  # needs PyTorch
+    _partial_: bool = True
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class GridSamplerConf:
+    _target_: str = "lenet_sweep.sweep.samplers.GridSampler"  # every search-space entry a choice
+    _partial_: bool = True
+
+
+SAMPLERS = {"tpe": TPESamplerConf, "random": RandomSamplerConf, "cmaes": CmaEsSamplerConf,
+            "qmc": QMCSamplerConf, "gp": GPSamplerConf, "grid": GridSamplerConf}
+
+
+# -- pruners: hydra/sweeper/pruner=<name>; a trial reports one value per epoch ---------------------
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    _partial_: bool = True
+    n_startup_trials: int = 5  # trials that finish before any is pruned
+    n_warmup_steps: int = 1  # epochs a trial runs before it can be pruned
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class PercentilePrunerConf:
+    _target_: str = "optuna.pruners.PercentilePruner"
+    _partial_: bool = True
+    percentile: float = 25.0
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 1
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    _partial_: bool = True
+    min_resource: int = 1  # epochs before the first rung
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    _partial_: bool = True
+    min_resource: Any = 1
+    reduction_factor: int = 3
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class ThresholdPrunerConf:
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    _partial_: bool = True
+    lower: Optional[float] = None  # prune when the epoch's value is below this
+    upper: Optional[float] = None  # prune when the epoch's value is above this
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class NopPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+    _partial_: bool = True
+
+
+PRUNERS = {"median": MedianPrunerConf, "percentile": PercentilePrunerConf,
+           "hyperband": HyperbandPrunerConf, "successive_halving": SuccessiveHalvingPrunerConf,
+           "threshold": ThresholdPrunerConf, "none": NopPrunerConf}
 
 
 @dataclass
 class OptunaSweeperConf:
     _target_: str = SWEEPER_TARGET
-    sampler: Sampler = Sampler.tpe
-    seed: Optional[int] = 42  # the sampler's seed
-    direction: Direction = Direction.maximize
+    sampler: Any = MISSING  # hydra/sweeper/sampler=<name>; a constructor (Hydra's _partial_)
+    seed: Optional[int] = 42  # the sampler's seed; each trial's draws: (seed, trial number)
+    direction: Optional[Direction] = None  # null: minimize a *loss objective, else maximize
     n_trials: int = 20  # total finished trials of the study (a resumed sweep counts earlier ones)
     n_jobs: Optional[int] = None  # trials at once; null: one per GPU, else one per 2 CPU cores
     timeout: Optional[float] = None  # seconds after which no new trial starts
@@ -63,13 +167,17 @@ class OptunaSweeperConf:
     heartbeat_interval: Optional[int] = 10  # RDB storages: seconds between a running trial's beats
     grace_period: Optional[int] = None  # RDB: seconds without a beat before a trial is failed (2x)
     retry_failed: int = 0  # re-queue a trial whose sweeper died, at most this many times
-    pruner: PrunerConf = field(default_factory=PrunerConf)
+    pruner: Any = MISSING  # hydra/sweeper/pruner=<name>
     params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
 
 
 def register() -> None:
-    ConfigStore.instance().store(group="hydra/sweeper", name="optuna_schema", node=OptunaSweeperConf,
-                                 provider="lenet_sweep")
+    cs = ConfigStore.instance()
+    cs.store(group="hydra/sweeper", name="optuna_schema", node=OptunaSweeperConf, provider="lenet_sweep")
+    for name, node in SAMPLERS.items():
+        cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="lenet_sweep")
+    for name, node in PRUNERS.items():
+        cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="lenet_sweep")
 
 
 def check(s: dict) -> None:
@@ -92,3 +200,16 @@ def check(s: dict) -> None:
         bad("grace_period", "must be longer than hydra.sweeper.heartbeat_interval", "60")
     if s["retry_failed"] < 0:
         bad("retry_failed", "must be >= 0", "1")
+
+
+def direction(configured: str | None, objective: str) -> str:
+    """The study's direction: as configured, or by the objective's name (a loss is minimised); a
+    configured direction that contradicts the objective's kind is an error."""
+    implied = "minimize" if objective.endswith("loss") else "maximize"
+    if configured is None:
+        return implied
+    if configured != implied:
+        raise ValueError(f"hydra.sweeper.direction={configured} contradicts objective={objective}, "
+                         f"which is {'a loss' if implied == 'minimize' else 'an accuracy'}: leave "
+                         f"hydra.sweeper.direction null (it follows the objective) or set it to {implied}")
+    return configured

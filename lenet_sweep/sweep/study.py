@@ -72,33 +72,12 @@ def ask_lock(storage: BaseStorage, url: str | None, study_name: str) -> Iterator
         lock.release()
 
 
-def make_pruner(cfg) -> optuna.pruners.BasePruner:
-    name = getattr(cfg["name"], "value", cfg["name"])
-    pruners = optuna.pruners
-    if name == "median":
-        return pruners.MedianPruner(n_startup_trials=cfg["n_startup_trials"],
-                                    n_warmup_steps=cfg["n_warmup_steps"])
-    if name == "hyperband":
-        return pruners.HyperbandPruner(min_resource=cfg["min_resource"],
-                                       reduction_factor=cfg["reduction_factor"])
-    if name == "successive_halving":
-        return pruners.SuccessiveHalvingPruner(min_resource=cfg["min_resource"],
-                                               reduction_factor=cfg["reduction_factor"])
-    if name == "threshold":
-        if cfg["lower"] is None and cfg["upper"] is None:
-            raise ValueError("hydra.sweeper.pruner.name=threshold needs hydra.sweeper.pruner.lower "
-                             "or hydra.sweeper.pruner.upper")
-        return pruners.ThresholdPruner(lower=cfg["lower"], upper=cfg["upper"],
-                                       n_warmup_steps=cfg["n_warmup_steps"])
-    if name == "none":
-        return pruners.NopPruner()
-    raise ValueError(f"hydra.sweeper.pruner.name={name} is unknown")
-
-
 def load_trial(study_name: str, storage: str | None, pruner_cfg, number: int) -> optuna.Trial:
     """The running trial ``number``, rebuilt from the study's storage (in a training process)."""
+    from hydra.utils import instantiate
+
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage),
-                              pruner=make_pruner(pruner_cfg))
+                              pruner=instantiate(pruner_cfg)())  # a constructor (_partial_)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     return optuna.Trial(study, trial_id)
 
