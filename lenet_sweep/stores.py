@@ -7,10 +7,12 @@ together on a fresh database race to create its tables.
 
 from __future__ import annotations
 
+import base64
 import random
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -93,7 +95,13 @@ def check_mlflow_server(uri: str, key: str = "mlflow.tracking_uri") -> None:
     """An ``http(s)://`` tracking URI answers MLflow's ``/health`` (MLflow's own client would
     retry for minutes before giving up)."""
     shown = redact(uri)
-    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    parts = urllib.parse.urlsplit(uri)
+    headers = {}
+    if parts.username is not None:  # user:password@host: basic auth, as MLflow's client sends it
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts).rstrip("/") + "/health", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S) as response:
             if response.status == 200:
