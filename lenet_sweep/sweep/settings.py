@@ -29,12 +29,9 @@ class TPESamplerConf:
     _partial_: bool = True
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
-    multivariate: bool = False
+    multivariate: Optional[bool] = None  # null: Optuna's default
     group: bool = False
     constant_liar: bool = True  # running trials count as bad: parallel asks spread out
-    consider_endpoints: bool = False
-    prior_weight: float = 1.0
-    warn_independent_sampling: bool = True
 
 
 @dataclass
@@ -47,13 +44,10 @@ class RandomSamplerConf:
 class CmaEsSamplerConf:
     _target_: str = "optuna.samplers.CmaEsSampler"
     _partial_: bool = True
-    sigma0: Optional[float] = None
     n_startup_trials: int = 1
     warn_independent_sampling: bool = True
     consider_pruned_trials: bool = False
-    restart_strategy: Optional[str] = None
     popsize: Optional[int] = None
-    inc_popsize: int = -1
     use_separable_cma: bool = False
     with_margin: bool = False
     lr_adapt: bool = False
