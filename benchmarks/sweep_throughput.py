@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lenet_sweep.sweep.study import make_storage
+from lenet_sweep.stores import open_optuna_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def run_arm(name: str, extra: list[str], args) -> dict:
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             sys.exit(f"{name} sweep failed:\n{proc.stderr[-3000:]}")
-        study = optuna.load_study(study_name="lenet_sweep", storage=make_storage(f"{tmp}/optuna.journal"))
+        study = optuna.load_study(study_name="lenet_sweep", storage=open_optuna_storage(f"{tmp}/optuna.journal"))
         states = [t.state for t in study.trials]
 
         def seconds(state):  # median trial duration in that state, from the storage's timestamps

@@ -58,13 +58,20 @@ def main(cfg: DictConfig) -> float:
         with startup_lines_filtered():
             from lenet_sweep.train import train
 
-        if cfg.trial_number is None:
-            return objective(train(cfg), cfg.objective)
-        from lenet_sweep.sweep.pruning import trial_callback  # a trial of our Optuna sweeper
+        payload = None
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep trial has its payload in its folder
+            from lenet_sweep.trial import TrialPayload
 
-        pruning = trial_callback(cfg, HydraConfig.get().sweeper)
-        metrics = train(cfg, callbacks=[pruning])
-        pruning.raise_if_pruned()  # after the run is recorded; the sweeper tells Optuna PRUNED
+            payload = TrialPayload.read(HydraConfig.get().runtime.output_dir)
+        if payload is None:
+            return objective(train(cfg), cfg.objective)
+        from lenet_sweep.train import PruningCallback
+        from lenet_sweep.trial import Reporter
+
+        reporter = Reporter(payload)
+        metrics = train(cfg, callbacks=[PruningCallback(reporter.report, payload.monitor)],
+                        run_id=payload.run_id)
+        reporter.raise_if_pruned()  # after the run is recorded; the sweeper tells Optuna PRUNED
         return objective(metrics, cfg.objective)
     except UserError as exc:
         _traceback_to_log_file(exc)

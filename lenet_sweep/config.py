@@ -95,7 +95,6 @@ class MlflowConfig:
     tracking_uri: Optional[str] = None  # null: sqlite:///<project>/mlflow.db, artifacts in <project>/mlruns
     experiment_name: str = "lenet_sweep"
     run_name: Optional[str] = None
-    run_id: Optional[str] = None  # set by the sweeper: log into this (child) run
     register: bool = False  # register this run's model (README: From sweep to served model)
     registered_model: str = "lenet_sweep"  # registered model name; a sweep registers its winner here
 
@@ -109,7 +108,6 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 42
     objective: str = "val_accuracy"  # metric returned to a sweeper; one of OBJECTIVE_METRICS
-    trial_number: Optional[int] = None  # set by the sweeper: the Optuna trial this run is
 
 
 def register() -> None:

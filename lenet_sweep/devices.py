@@ -11,14 +11,24 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-THREADS_ENV = "LENET_SWEEP_THREADS"  # intra-op threads for this process (set per worker slot)
-DEVICE_ENV = "LENET_SWEEP_DEVICE"  # what the worker slot was given, recorded in each MLflow run
-
-
 @dataclass(frozen=True)
 class Placement:
-    env: dict[str, str]
-    description: str
+    env: dict[str, str]  # CUDA_VISIBLE_DEVICES only: the one setting that must precede TensorFlow
+    threads: int  # intra-op threads of the worker's TensorFlow
+    description: str  # recorded in each run's ``device`` tag
+
+
+#: This process's placement, set once by a pool worker when it starts (:func:`assign`); None in a
+#: process that owns the whole machine (a single run).
+_ASSIGNED: Placement | None = None
+
+
+def assign(place: Placement | None) -> None:
+    """Make ``place`` this process's placement (before TensorFlow starts, for its ``env``)."""
+    global _ASSIGNED
+    _ASSIGNED = place
+    if place is not None:
+        os.environ.update(place.env)
 
 
 def visible_gpus() -> list[str]:
@@ -49,17 +59,12 @@ def placement(slot: int, n_workers: int, gpus: list[str], cpus: int) -> Placemen
     one is visible to it; CPU threads are split between the workers either way.
     """
     threads = max(1, cpus // max(1, n_workers))
-    env = {THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
     if gpus:
         gpu = gpus[slot % len(gpus)]
         shared = "" if n_workers <= len(gpus) else f", shared by {n_workers} workers"
-        env.update(CUDA_VISIBLE_DEVICES=gpu)
-        desc = f"GPU {gpu} (worker {slot}{shared})"
-    else:
-        env.update(CUDA_VISIBLE_DEVICES="-1")  # no GPU: never probe one
-        desc = f"CPU, {threads} threads (worker {slot} of {n_workers})"
-    env[DEVICE_ENV] = desc
-    return Placement(env, desc)
+        return Placement({"CUDA_VISIBLE_DEVICES": gpu}, threads, f"GPU {gpu} (worker {slot}{shared})")
+    return Placement({"CUDA_VISIBLE_DEVICES": "-1"},  # no GPU: never probe one
+                     threads, f"CPU, {threads} threads (worker {slot} of {n_workers})")
 
 
 def configure() -> str:
@@ -67,7 +72,7 @@ def configure() -> str:
     notebook does), and describe the device."""
     import tensorflow as tf
 
-    threads = os.environ.get(THREADS_ENV)
+    threads = _ASSIGNED.threads if _ASSIGNED is not None else None
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(int(threads))
@@ -82,8 +87,8 @@ def configure() -> str:
             pass
     if gpus:
         print("GPUs: " + ", ".join(g.name for g in gpus))
-    if os.environ.get(DEVICE_ENV):
-        return os.environ[DEVICE_ENV]
+    if _ASSIGNED is not None:
+        return _ASSIGNED.description
     if gpus:
         return ",".join(g.name.replace("/physical_device:", "") for g in gpus)
     return f"CPU ({tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads)"

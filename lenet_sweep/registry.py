@@ -318,8 +318,7 @@ def register_if_asked(client: MlflowClient, run_id: str, cfg: DictConfig) -> Reg
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    in_sweep = cfg.get("trial_number") is not None or (
-        HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if not cfg.mlflow.get("register", False) or in_sweep:
         return None
     name = cfg.mlflow.get("registered_model") or "lenet_sweep"

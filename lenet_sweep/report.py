@@ -24,7 +24,6 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from lenet_sweep import stores, tracking
-from lenet_sweep.sweep import study as studies
 
 logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" notes
 
@@ -235,7 +234,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
 
 def open_study(name: str, storage_url: str | None) -> optuna.Study:
     """Load an existing study; a missing storage or study raises ReportError naming what exists."""
-    url = storage_url or studies.default_storage()
+    url = storage_url or stores.default_optuna_storage()
     shown = tracking.mask_url(url)
     if "://" not in url and not Path(url).is_file():
         raise ReportError(f"no Optuna storage at {url} (run a sweep first, or give storage=…)")
@@ -244,7 +243,7 @@ def open_study(name: str, storage_url: str | None) -> optuna.Study:
             stores.check_database(url, "storage")
         except stores.StoreError as exc:
             raise ReportError(str(exc)) from None
-    storage = studies.make_storage(url)
+    storage = stores.open_optuna_storage(url)
     names = optuna.study.get_all_study_names(storage)
     if name not in names:
         if hasattr(storage, "engine"):
@@ -278,12 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if "key=value" in str(exc) else 1
     out = (Path(options["out"]).resolve() if options["out"]
-           else Path(studies.default_storage()).parent / "reports" / study.study_name)
+           else Path(stores.default_optuna_storage()).parent / "reports" / study.study_name)
     client = mlflow_client(options["mlflow.tracking_uri"])
     try:
         table, files = write_report(study, client, out)
         print(f"study {study.study_name} ({_summary(study)}), storage "
-              f"{tracking.mask_url(options['storage'] or studies.default_storage())}")
+              f"{tracking.mask_url(options['storage'] or stores.default_optuna_storage())}")
         print(format_table(table))
         print(f"wrote {len(files)} files to {out}: {', '.join(p.name for p in files)}")
     finally:  # an RDB storage's pooled connections: closed now, not at garbage collection

@@ -38,7 +38,8 @@ from lenet_sweep import devices, provenance, tracking  # noqa: E402
 from lenet_sweep.config import UserError, validate  # noqa: E402
 
 USAGE = "usage: python -m lenet_sweep.rerun RUN_ID [key=value ...]   (e.g. mlflow.tracking_uri=URL)"
-#: Sweeper plumbing: set to null when present, so the rerun is a new run outside any sweep.
+#: Sweeper plumbing that older lenet_sweep versions kept in the config: dropped from the record, so
+#: the rerun is a new run outside any sweep.
 PLUMBING = ("trial_number", "mlflow.run_id")
 _ABSENT = object()
 
@@ -105,9 +106,11 @@ def rerun_config(cfg: DictConfig, tags: dict[str, str], uri: str,
     added = sorted(set(_leaves(merged)) - set(_leaves(cfg)))
     notes = [f"not in the record, today's default: {', '.join(added)}"] if added else []
     cfg = merged
-    for key in PLUMBING:
-        if _select(cfg, key) not in (_ABSENT, None):
-            OmegaConf.update(cfg, key, None)
+    for key in PLUMBING:  # recorded by lenet_sweep before the trial payload (lenet_sweep.trial)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and leaf in node:
+            node.pop(leaf)
     if _select(cfg, "mlflow.register") not in (_ABSENT, False):
         OmegaConf.update(cfg, "mlflow.register", False)
     OmegaConf.update(cfg, "mlflow.tracking_uri", uri)
@@ -135,15 +138,19 @@ def match_threads(tags: dict[str, str]) -> list[str]:
     is imported. Returns what was set."""
     notes = []
     setting, effective = tags.get("threads.intra_op_setting"), tags.get("threads.intra_op")
-    here = os.environ.get(devices.THREADS_ENV) or str(provenance.schedulable_cpus())
+    here = str(provenance.schedulable_cpus())
     wanted = setting if setting and setting != "0" else effective
-    if wanted and wanted.isdigit() and (setting not in (None, "0") or wanted != here):
-        os.environ[devices.THREADS_ENV] = wanted
-        os.environ["OMP_NUM_THREADS"] = wanted
-        notes.append(f"{wanted} intra-op threads (as the original)")
-    if provenance.device_kind(tags.get("device")) == "CPU" and devices.visible_gpus():
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    cpu_only = provenance.device_kind(tags.get("device")) == "CPU" and bool(devices.visible_gpus())
+    if cpu_only:
         notes.append("CPU only (the original ran on a CPU)")
+    if wanted and wanted.isdigit() and (setting not in (None, "0") or wanted != here):
+        notes.append(f"{wanted} intra-op threads (as the original)")
+    elif not cpu_only:
+        return notes
+    threads = int(wanted) if wanted and wanted.isdigit() else None
+    env = {"CUDA_VISIBLE_DEVICES": "-1"} if cpu_only else {}
+    devices.assign(devices.Placement(env, threads or 0, f"CPU, {threads or 'all'} threads (as the original)"
+                                     if threads or cpu_only else tags.get("device", "")))
     return notes
 
 
@@ -213,14 +220,13 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
         " ".join(f"{k}={v}" for k, v in overrides.items()))}
     new_id = client.create_run(tracking.experiment_id(client, cfg.mlflow.experiment_name),
                                run_name=f"{original.info.run_name}-rerun", tags=new_tags).info.run_id
-    OmegaConf.update(cfg, "mlflow.run_id", new_id)
     try:
         with tracking._sigterm_as_exit():  # a kill before train() opens the run still closes it
             from lenet_sweep.quiet import startup_lines_filtered
 
             with startup_lines_filtered():  # TensorFlow's C++ start-up lines, as python -m lenet_sweep
                 from lenet_sweep.train import train
-            train(cfg)
+            train(cfg, run_id=new_id)
     except BaseException as exc:
         if client.get_run(new_id).info.status == "RUNNING":  # failed before train() opened it
             client.set_tag(new_id, "error", tracking.error_line(exc))

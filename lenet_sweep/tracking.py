@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from lenet_sweep import PROJECT_ROOT, stores
 from lenet_sweep.redaction import redact  # also tracking.redact: masks URL passwords in a text
 
-#: Keys kept out of a run's params: secrets (a URL may hold a password) and run plumbing.
-PRIVATE_KEYS = ("mlflow.tracking_uri", "mlflow.run_id")
+#: Keys kept out of a run's params: secrets (a URL may hold a password).
+PRIVATE_KEYS = ("mlflow.tracking_uri",)
 
 
 def default_tracking_uri() -> str:
@@ -129,15 +129,14 @@ def _sigterm_as_exit() -> Iterator[None]:
 @contextlib.contextmanager
 def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
              run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-    """Create a run (or reopen ``run_id``, made by a sweeper) and always end it with the right
-    status: FINISHED, FAILED (exception, tagged ``error``) or KILLED (Ctrl-C, SIGTERM)."""
+    """Create a run (or write into ``run_id``, created RUNNING by a sweeper for its trial) and always
+    end it with the right status: FINISHED, FAILED (exception, tagged ``error``, traceback in
+    ``error.txt``) or KILLED (Ctrl-C, SIGTERM)."""
     if run_id is None:
         run_id = client.create_run(experiment_id(client, experiment), run_name=run_name,
                                    tags=dict(tags or {})).info.run_id
-    else:
-        client.update_run(run_id, status="RUNNING")
-        if tags:
-            log_params(client, run_id, {}, tags)
+    elif tags:
+        log_params(client, run_id, {}, tags)
     with _sigterm_as_exit():
         try:
             yield run_id

@@ -140,8 +140,25 @@ def _hydra_dir() -> tuple[Path | None, str]:
     return Path(hc.runtime.output_dir), " ".join(hc.overrides.task)
 
 
-def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, float]:
-    """Train and evaluate one configuration; every param, metric and artifact goes to MLflow.
+class PruningCallback(keras.callbacks.Callback):
+    """Hands each epoch's ``monitor`` value to ``report(epoch, value)`` and stops training at the end
+    of the epoch when it answers True (a sweep's pruner: :class:`lenet_sweep.trial.Reporter`).
+    Stopping, not raising inside ``fit``: the run still evaluates and records everything."""
+
+    def __init__(self, report: Callable[[int, float], bool], monitor: str):
+        super().__init__()
+        self.report, self.monitor = report, monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and self.report(epoch, float(value)):
+            self.model.stop_training = True
+
+
+def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
+          run_id: str | None = None) -> dict[str, float]:
+    """Train and evaluate one configuration; every param, metric and artifact goes to MLflow, into
+    a new run or into ``run_id`` (a sweep trial's child run, created by the sweeper).
 
     Returns the final epoch's metrics plus ``test_loss`` and ``test_accuracy``.
     """
@@ -163,8 +180,8 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) -
     client = tracking.client_for(cfg.mlflow)
     output_dir, overrides = _hydra_dir()
     tags = {"hydra.overrides": tracking.redact(overrides), "device": device}
-    with tracking.open_run(client, cfg.mlflow.experiment_name, cfg.mlflow.run_id,
-                           cfg.mlflow.run_name, tags) as run_id:
+    with tracking.open_run(client, cfg.mlflow.experiment_name, run_id, cfg.mlflow.run_name,
+                           tags) as run_id:
         tracking.log_params(client, run_id, {**tracking.flat_params(cfg),
                                              "num_params": model.count_params()})
         provenance.log_run(client, run_id, cfg, model, splits)  # versions, commit, threads, data

@@ -4,7 +4,7 @@ import optuna
 from optuna.trial import TrialState
 
 from conftest import all_runs, run_cli
-from lenet_sweep.sweep.study import make_storage
+from lenet_sweep.stores import open_optuna_storage
 from test_sweep import sweep_args
 
 NOTEBOOK = {"optimizer.momentum": 0.0, "optimizer.nesterov": False}
@@ -13,7 +13,7 @@ NOTEBOOK = {"optimizer.momentum": 0.0, "optimizer.nesterov": False}
 def enqueue(tmp_path, *trials):
     """Pre-create the study the sweep will resume, with these trials first in line."""
     study = optuna.create_study(study_name="lenet_sweep", direction="maximize",
-                                storage=make_storage(f"{tmp_path}/optuna.journal"))
+                                storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))
     for params in trials:
         study.enqueue_trial(params)
     return study
@@ -33,7 +33,7 @@ def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client)
         "trainer.epochs=3", "data.train_limit=2000", "data.normalize=true",
         "optimizer.lr=tag(log, interval(1e-8, 1.0))", n_trials=2), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = optuna.load_study(study_name="lenet_sweep", storage=make_storage(f"{tmp_path}/optuna.journal"))
+    study = optuna.load_study(study_name="lenet_sweep", storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))
     good, bad = study.trials
     assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 3
     assert bad.state == TrialState.PRUNED and len(bad.intermediate_values) < 3  # stopped early
@@ -55,7 +55,7 @@ def test_a_free_worker_starts_the_next_trial_without_waiting_for_the_slow_one(tm
     proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none",
                               "data.train_limit=2000", "trainer.epochs=choice(1,80)", n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = optuna.load_study(study_name="lenet_sweep", storage=make_storage(f"{tmp_path}/optuna.journal"))
+    study = optuna.load_study(study_name="lenet_sweep", storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert [t.params["trainer.epochs"] for t in study.trials] == [80, 1, 1, 1]
     slow_end = study.trials[0].datetime_complete

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from conftest import all_runs, run_cli
 from lenet_sweep import report
-from lenet_sweep.sweep.study import make_storage
+from lenet_sweep.stores import open_optuna_storage
 from test_sweep import parents_and_children, sweep_args
 
 PLOTS = ["optimization_history.png", "slice.png", "parallel_coordinate.png", "param_importances.png",
@@ -69,7 +69,7 @@ def test_three_trial_sweep_report(tmp_path, client):
 
 
 def test_unknown_study_lists_the_studies_there(tmp_path):
-    storage = make_storage(str(tmp_path / "optuna.journal"))
+    storage = open_optuna_storage(str(tmp_path / "optuna.journal"))
     for name in ("alpha", "beta"):
         optuna.create_study(study_name=name, storage=storage)
     proc = run_report("study_name=gamma", f"storage={tmp_path}/optuna.journal", cwd=tmp_path)
@@ -99,7 +99,7 @@ def fake_study(storage, name="s", direction="minimize") -> optuna.Study:
 
 
 def test_table_orders_by_direction_and_keeps_every_state(tmp_path):
-    study = fake_study(make_storage(str(tmp_path / "j.journal")))
+    study = fake_study(open_optuna_storage(str(tmp_path / "j.journal")))
     table = report.trials_table(study)  # no MLflow client: its columns stay empty
     assert table["state"].tolist() == ["COMPLETE"] * 3 + ["RUNNING", "PRUNED", "FAIL"]
     assert table["value"].tolist()[:3] == [0.1, 0.2, 0.3]  # minimize: lowest first
@@ -121,7 +121,7 @@ def test_plots_of_a_study_with_one_trial_do_not_crash(tmp_path):
 
 @pytest.mark.postgres
 def test_report_reads_a_postgresql_storage(tmp_path, capsys, pg_url):
-    storage = make_storage(pg_url)
+    storage = open_optuna_storage(pg_url)
     fake_study(storage, "pg_study", direction="maximize")
     assert report.main([f"storage={pg_url}", "study_name=pg_study", f"out={tmp_path / 'out'}",
                         f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]) == 0

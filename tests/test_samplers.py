@@ -6,7 +6,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from lenet_sweep.sweep.samplers import make_sampler
-from lenet_sweep.sweep.study import make_storage
+from lenet_sweep.stores import open_optuna_storage
 
 SPACE = {"optimizer.lr": FloatDistribution(0.001, 1.0, log=True),
          "optimizer.momentum": FloatDistribution(0.0, 0.99),
@@ -15,7 +15,7 @@ SPACE = {"optimizer.lr": FloatDistribution(0.001, 1.0, log=True),
 
 def sweeper(path, name="shared", sampler="tpe", seed=42):
     """What each sweeper process does: its own sampler from the same configured seed."""
-    return optuna.create_study(study_name=name, storage=make_storage(str(path)), load_if_exists=True,
+    return optuna.create_study(study_name=name, storage=open_optuna_storage(str(path)), load_if_exists=True,
                                sampler=make_sampler(sampler, seed, SPACE), direction="maximize")
 
 

@@ -26,8 +26,8 @@ def sweep_args(tmp_path, *extra, n_trials=3):
 
 
 def load(tmp_path, name="lenet_sweep"):
-    from lenet_sweep.sweep.study import make_storage
-    return optuna.load_study(study_name=name, storage=make_storage(f"{tmp_path}/optuna.journal"))
+    from lenet_sweep.stores import open_optuna_storage
+    return optuna.load_study(study_name=name, storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))
 
 
 def parents_and_children(client):
@@ -176,9 +176,9 @@ def test_killed_sweep_leaves_no_running_trial_after_resume(tmp_path, client):
 
 
 def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
-    from lenet_sweep.sweep.study import make_storage
+    from lenet_sweep.stores import open_optuna_storage
 
-    study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "j.journal")))
+    study = optuna.create_study(study_name="s", storage=open_optuna_storage(str(tmp_path / "j.journal")))
     runner = SweepRunner({"n_trials": 3, "params": {}})
     runner.client = client
     exp = client.create_experiment("e")
@@ -266,10 +266,10 @@ class RefusingLauncher:
 
 
 def test_a_failure_between_ask_and_launch_leaves_nothing_running(tmp_path, client):
-    from lenet_sweep.sweep.study import make_storage
+    from lenet_sweep.stores import open_optuna_storage
 
     storage_url = str(tmp_path / "j.journal")
-    study = optuna.create_study(study_name="s", storage=make_storage(storage_url))
+    study = optuna.create_study(study_name="s", storage=open_optuna_storage(storage_url))
     runner = SweepRunner({"n_trials": 2, "params": {}, "timeout": None, "max_failure_rate": 0.5,
                           "retry_failed": 0})
     runner.client, runner.launcher, runner.n_jobs, runner.n_trials = client, RefusingLauncher(), 1, 2

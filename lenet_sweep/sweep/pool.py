@@ -53,8 +53,8 @@ def _watch_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _init_worker(env: dict[str, str], parent_pid: int) -> None:
-    os.environ.update(env)
+def _init_worker(place: devices.Placement, parent_pid: int) -> None:
+    devices.assign(place)
     if os.getppid() != parent_pid:  # the sweeper died while this process started
         os._exit(1)
     if sys.platform.startswith("linux"):  # the sweeper died (even by SIGKILL): get SIGTERM, so the
@@ -110,9 +110,9 @@ class WorkerPool:
     def _executor(self, slot: int) -> ProcessPoolExecutor:
         executor = self.slots[slot]
         if executor is None or getattr(executor, "_broken", False):
-            env = devices.placement(slot, self.n_workers, self.gpus, self.cpus).env
+            place = devices.placement(slot, self.n_workers, self.gpus, self.cpus)
             executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(env, os.getpid()))
+                                           initializer=_init_worker, initargs=(place, os.getpid()))
             self.slots[slot] = executor
         return executor
 

@@ -21,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
-from lenet_sweep.sweep import runs, samplers, settings
+from lenet_sweep.sweep import liveness, runs, samplers, settings
+from lenet_sweep.sweep.ask_lock import ask_lock
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
 from lenet_sweep.sweep.pool import JobFailed
+from lenet_sweep.trial import TrialPayload, monitor_for
 from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override_key, parse_space,
                                      split_overrides)
 
@@ -88,6 +90,7 @@ class SweepRunner:
         self.config = config
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+        self.pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
         choices = config.hydra.runtime.choices
         self.sampler_name = choices.get("hydra/sweeper/sampler", "tpe")
         self.pruner_name = choices.get("hydra/sweeper/pruner", "median")
@@ -139,11 +142,11 @@ class SweepRunner:
                 self.n_trials = samplers.grid_size(space)
                 print(f"[sweep] hydra.sweeper.n_trials={s['n_trials']} is more than the grid's "
                       f"{self.n_trials} points: the study ends at {self.n_trials} trials")
-            self.storage_url = s["storage"] or studies.default_storage()
+            self.storage_url = s["storage"] or stores.default_optuna_storage()
             stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
             stores.check_optuna_storage(self.storage_url)
             self.client = tracking.client_for(self.config.mlflow)  # checks the tracking store
-            storage = studies.make_storage(self.storage_url, s["heartbeat_interval"], s["grace_period"],
+            storage = stores.open_optuna_storage(self.storage_url, s["heartbeat_interval"], s["grace_period"],
                                            on_stale=self._on_stale)
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
                                         direction=self.direction, load_if_exists=True)
@@ -156,7 +159,7 @@ class SweepRunner:
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
-        runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], studies.dead_here)
+        runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], liveness.dead_here)
         if s["enqueue_seed_trial"]:
             note = studies.enqueue_seed_trial(study, space, grid=self.sampler_name == "grid")
             if note:
@@ -165,7 +168,7 @@ class SweepRunner:
                 "optuna.sampler": self.sampler_name, "optuna.pruner": self.pruner_name,
                 "optuna.direction": self.direction,
                 "optuna.search_space": json.dumps(space_text, default=str),
-                "sweep_dir": str(self.sweep_dir), "worker": studies.WORKER}
+                "sweep_dir": str(self.sweep_dir), "worker": liveness.WORKER}
         try:
             with tracking.open_run(self.client, experiment, run_name=f"sweep-{s['study_name']}",
                                    tags=tags) as parent_id:
@@ -244,26 +247,30 @@ class SweepRunner:
     def _start(self, study, space) -> tuple[optuna.Trial, str] | None:
         """Ask for a trial if the study's budget allows one; None when it is all taken. A failure
         after the ask (the MLflow store, ...) fails that trial before it propagates."""
-        with studies.ask_lock(study._storage, self.storage_url, study.study_name):
+        with ask_lock(study._storage, self.storage_url, study.study_name):
             if studies.count_finished(study) + studies.count_running(study) >= self.n_trials:
                 return None
             trial = study.ask(fixed_distributions=space)
             self.heartbeat.add(trial._trial_id)
-            trial.set_user_attr("worker", studies.WORKER)  # before any other sweeper can judge it
+            trial.set_user_attr("worker", liveness.WORKER)  # before any other sweeper can judge it
         run_id = None
         try:
             run_id = runs.create_child(self.client, self.experiment_id, self.parent_id,
                                        study.study_name, trial.number)
             trial.set_user_attr("mlflow_run_id", run_id)
             trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
+            TrialPayload(number=trial.number, study_name=study.study_name, storage=self.storage_url,
+                         pruner=self.pruner_config, monitor=monitor_for(self.config.objective),
+                         run_id=run_id).write(self.sweep_dir / str(trial.number))
         except BaseException as exc:
             self._abandon(study, trial, run_id, exc)
             raise
         return trial, run_id
 
     def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
+        """The job's overrides: the trial's parameters, the fixed ones, and its folder (where its
+        :class:`TrialPayload` waits); nothing else of the sweep reaches the job's config."""
         return [*(format_override(k, trial.params[k]) for k in space), *fixed,
-                f"mlflow.run_id={run_id}", f"trial_number={trial.number}",
                 f"hydra.sweep.subdir={trial.number}"]
 
     def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState:
@@ -312,13 +319,13 @@ class SweepRunner:
         """Fail the trials of dead sweepers: on this host by process id, on any host by heartbeat
         (RDB storages). A file storage keeps no heartbeat: a trial another host left RUNNING there
         cannot be judged, and is named once."""
-        for trial in studies.fail_dead_local_trials(study):
+        for trial in liveness.fail_dead_local_trials(study):
             self._on_stale(study, trial)
         if heartbeat_interval(study._storage):
             optuna.storages.fail_stale_trials(study)  # calls _on_stale for each
             return
         said = self.__dict__.setdefault("said_foreign", set())
-        for trial in studies.foreign_running(study):
+        for trial in liveness.foreign_running(study):
             if trial.number not in said:
                 said.add(trial.number)
                 print(f"[sweep] trial {trial.number} runs on {trial.user_attrs.get('worker')}: this "

@@ -1,0 +1,86 @@
+"""The sweeper ↔ job protocol: one typed payload per sweep trial, and per-epoch reports to Optuna.
+
+The sweeper owns each trial: it asks Optuna for it, creates its MLflow child run, writes a
+:class:`TrialPayload` into the job's own output folder (``<sweep dir>/<trial number>/.trial.json``),
+launches the job with the trial's parameters as plain Hydra overrides, and tells Optuna the result.
+The job — in a ``lenet_pool`` worker, or under any other Hydra launcher (Hydra's sweep folder is
+shared with the job wherever it runs) — reads the payload, writes into the given run, and reports
+each epoch's value through :class:`Reporter`, which answers whether the pruner stops it.
+
+This module is all a job needs of the sweep: it does not import ``lenet_sweep.sweep``, and the user's
+config schema carries no sweeper keys. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PAYLOAD_FILE = ".trial.json"
+
+
+@dataclass(frozen=True)
+class TrialPayload:
+    number: int  # the Optuna trial
+    study_name: str
+    storage: str  # the study's storage: RDB URL or journal file (may hold a password: file is 0600)
+    pruner: dict[str, Any]  # the pruner's config (``_target_``, ``_partial_``, options)
+    monitor: str  # the per-epoch metric reported (the objective, or its val_ form)
+    run_id: str  # the MLflow child run the job writes into
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        path = Path(folder) / PAYLOAD_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        return path
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> "TrialPayload | None":
+        """The payload in a job's output folder; None for a job that is not a sweep trial."""
+        path = Path(folder) / PAYLOAD_FILE
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def monitor_for(objective: str) -> str:
+    """The per-epoch metric a pruner watches: the objective, or its validation form for test_*."""
+    return "val_" + objective[len("test_"):] if objective.startswith("test_") else objective
+
+
+class Reporter:
+    """Reports a trial's per-epoch values to its study (Optuna's storage is built for writers in
+    other processes) and asks the sweep's pruner whether to stop."""
+
+    def __init__(self, payload: TrialPayload):
+        import optuna
+        from hydra.utils import instantiate
+
+        from lenet_sweep.stores import open_optuna_storage
+
+        self.payload = payload
+        study = optuna.load_study(study_name=payload.study_name,
+                                  storage=open_optuna_storage(payload.storage),
+                                  pruner=instantiate(payload.pruner)())  # a constructor (_partial_)
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, payload.number)
+        self.trial = optuna.Trial(study, trial_id)
+        self.pruned_at: int | None = None
+
+    def report(self, epoch: int, value: float) -> bool:
+        """Record ``value`` for ``epoch``; True when the pruner says stop."""
+        self.trial.report(float(value), step=epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+        return self.pruned_at is not None
+
+    def raise_if_pruned(self) -> None:
+        """After the run is recorded: tell the sweeper the trial was pruned."""
+        if self.pruned_at is not None:
+            import optuna
+
+            raise optuna.TrialPruned(f"pruned after epoch {self.pruned_at}")
