@@ -100,17 +100,17 @@ def rerun_config(cfg: DictConfig, tags: dict[str, str], uri: str,
     schema has and the record lacks (a run recorded by an older lenet_sweep) take their defaults."""
     from lenet_sweep.config import Config
 
+    for key in PLUMBING:  # recorded by lenet_sweep before the trial payload (lenet_sweep.trial)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and leaf in node:
+            node.pop(leaf)
     base = OmegaConf.structured(Config)
     OmegaConf.set_struct(base, False)  # keys of the record that the schema no longer has are kept
     merged = OmegaConf.merge(base, cfg)
     added = sorted(set(_leaves(merged)) - set(_leaves(cfg)))
     notes = [f"not in the record, today's default: {', '.join(added)}"] if added else []
     cfg = merged
-    for key in PLUMBING:  # recorded by lenet_sweep before the trial payload (lenet_sweep.trial)
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if node is not None and leaf in node:
-            node.pop(leaf)
     if _select(cfg, "mlflow.register") not in (_ABSENT, False):
         OmegaConf.update(cfg, "mlflow.register", False)
     OmegaConf.update(cfg, "mlflow.tracking_uri", uri)
