@@ -562,6 +562,9 @@ def s1_sigkill_same_host(kind: str):
         os.kill(a.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_exit(a, 30)
+        # the re-launch starts at once (its own cwd); meanwhile the killed sweeper's cwd is watched
+        b = suite.sweeper(d, "relaunch", storage, tracking, n, TINY, "hydra.sweeper.retry_failed=1",
+                          experiment=exp)
         while time.monotonic() < killed_at + 20 and [p for p in workers + pids_in(a.cwd) if alive(p)]:
             time.sleep(0.25)
         left = sorted({p for p in workers + pids_in(a.cwd) if alive(p)})
@@ -571,8 +574,6 @@ def s1_sigkill_same_host(kind: str):
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        b = suite.sweeper(d, "relaunch", storage, tracking, n, TINY, "hydra.sweeper.retry_failed=1",
-                          experiment=exp)
         rc = wait_exit(b, 600)
         c.add(rc == 0, f"re-launch exit {rc}" + ("" if rc == 0 else f": {short(last_line(b))}"))
         said = [line for line in lines_of(log_text(b)) if line.startswith(f"[sweep] trial {dead} ")]
