@@ -203,9 +203,14 @@ def lines_of(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+EXCEPTION_LINE = re.compile(r"^(error:|[A-Za-z_][\w.]*(Error|Exception|Exit)\b)")
+
+
 def last_line(proc) -> str:
+    """The last `error:` or exception line of the process's output, else its last line."""
     lines = lines_of(log_text(proc))
-    return lines[-1] if lines else "(no output)"
+    errors = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return errors[-1] if errors else lines[-1] if lines else "(no output)"
 
 
 def free_port() -> int:
