@@ -26,7 +26,8 @@ PAYLOAD_FILE = ".trial.json"
 class TrialPayload:
     number: int  # the Optuna trial
     study_name: str
-    storage: str  # the study's storage: RDB URL or journal file (may hold a password: file is 0600)
+    storage: str  # the study's storage: RDB URL or journal file (may hold a password: the file is
+    # 0600, and the sweeper removes it when it tells Optuna the trial's end)
     pruner: dict[str, Any]  # the pruner's config (``_target_``, ``_partial_``, options)
     monitor: str  # the per-epoch metric reported (the objective, or its val_ form)
     run_id: str  # the MLflow child run the job writes into
@@ -38,6 +39,11 @@ class TrialPayload:
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f)
         return path
+
+    @staticmethod
+    def remove(folder: str | os.PathLike) -> None:
+        """Done with the trial (the sweeper told Optuna): the file, and the password it may hold, go."""
+        (Path(folder) / PAYLOAD_FILE).unlink(missing_ok=True)
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> "TrialPayload | None":

@@ -5,7 +5,11 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
 from lenet_sweep.sweep.samplers import make_sampler
+from lenet_sweep.sweep.settings import SAMPLERS
 from lenet_sweep.stores import open_optuna_storage
 
 SPACE = {"optimizer.lr": FloatDistribution(0.001, 1.0, log=True),
@@ -14,9 +18,11 @@ SPACE = {"optimizer.lr": FloatDistribution(0.001, 1.0, log=True),
 
 
 def sweeper(path, name="shared", sampler="tpe", seed=42):
-    """What each sweeper process does: its own sampler from the same configured seed."""
+    """What each sweeper process does: its own sampler (built from hydra/sweeper/sampler=<sampler>,
+    as Hydra instantiates it) from the same configured seed."""
+    make = instantiate(OmegaConf.structured(SAMPLERS[sampler]))
     return optuna.create_study(study_name=name, storage=open_optuna_storage(str(path)), load_if_exists=True,
-                               sampler=make_sampler(sampler, seed, SPACE), direction="maximize")
+                               sampler=make_sampler(sampler, make, seed, SPACE), direction="maximize")
 
 
 def params_key(trial):

@@ -11,6 +11,7 @@ import time
 import optuna
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
@@ -180,7 +181,7 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
 
     study = optuna.create_study(study_name="s", storage=open_optuna_storage(str(tmp_path / "j.journal")))
     runner = SweepRunner({"n_trials": 3, "params": {}})
-    runner.client = client
+    runner.client, runner.sweep_dir, runner.n_trials = client, tmp_path, 3
     exp = client.create_experiment("e")
     for value, reason in [(math.nan, "the objective is nan"), (math.inf, "the objective is inf"),
                           ("high", "the run returned 'high', not a number")]:
@@ -274,6 +275,8 @@ def test_a_failure_between_ask_and_launch_leaves_nothing_running(tmp_path, clien
                           "retry_failed": 0})
     runner.client, runner.launcher, runner.n_jobs, runner.n_trials = client, RefusingLauncher(), 1, 2
     runner.storage_url, runner.sweep_dir = storage_url, tmp_path / "multirun"
+    runner.config = OmegaConf.create({"objective": "val_accuracy"})
+    runner.pruner_config = {"_target_": "optuna.pruners.NopPruner", "_partial_": True}
     runner.experiment_id = client.create_experiment("e")
     runner.parent_id = client.create_run(runner.experiment_id).info.run_id
     with pytest.raises(RuntimeError, match="cannot start a job"):

@@ -274,6 +274,7 @@ class SweepRunner:
                 f"hydra.sweep.subdir={trial.number}"]
 
     def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState:
+        TrialPayload.remove(self.sweep_dir / str(trial.number))
         reason = None
         if ret.status == JobStatus.COMPLETED:
             try:
@@ -305,6 +306,7 @@ class SweepRunner:
         """The sweep itself was interrupted or failed around this trial: nothing may stay RUNNING.
         With ``retry_failed`` the trial is queued again with the same parameters."""
         self.heartbeat.discard(trial._trial_id)
+        TrialPayload.remove(self.sweep_dir / str(trial.number))
         getattr(study.sampler, "forget", lambda number: None)(trial.number)
         reason = f"sweep interrupted ({tracking.error_line(exc, limit=300)})"
         if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
