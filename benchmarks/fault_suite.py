@@ -717,13 +717,15 @@ def s_four_sweepers(kind: str):
         trials, runs = trials_of(storage), runs_of(tracking, "fault")
         c.add(len(trials) == n and all(t.state in FINISHED for t in trials),
               f"{len(trials)} trials for n_trials={n} ({states(trials)})")
-        points = [tuple(sorted(t.params.items())) for t in trials]
-        repeats = [p for p, k in collections.Counter(points).items() if k > 1]
-        c.add(not repeats, f"{len(set(points))} distinct parameter sets" if not repeats
-              else f"repeated parameter sets: {repeats}")
+        points = collections.defaultdict(list)
+        for t in trials:
+            points[tuple(sorted(t.params.items()))].append(t.number)
+        repeats = {numbers: dict(p) for p, numbers in ((p, tuple(v)) for p, v in points.items()) if len(numbers) > 1}
+        c.add(not repeats, f"{len(points)} distinct parameter sets" if not repeats else "repeated parameter sets: "
+              + "; ".join(f"trials {list(numbers)} all ran {p}" for numbers, p in repeats.items()))
         workers = collections.Counter(t.user_attrs.get("worker") for t in trials)
-        c.note(f"trials per sweeper: {sorted(workers.values(), reverse=True)}; seed trials: "
-               f"{sum('seed_trial' in t.user_attrs for t in trials)}")
+        c.note(f"trials per sweeper: {sorted(workers.values(), reverse=True)}; seed trials (user attr seed_trial): "
+               f"{[t.number for t in trials if 'seed_trial' in t.user_attrs]}")
         per_trial = collections.Counter(r.data.tags.get("optuna.trial_number") for r in runs if is_child(r))
         wrong = {num: k for num, k in per_trial.items() if k != 1}
         missing = [t.number for t in trials if str(t.number) not in per_trial]
