@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -86,7 +90,7 @@ def configure() -> str:
         except RuntimeError:  # already initialised in this process: growth was set the first time
             pass
     if gpus:
-        print("GPUs: " + ", ".join(g.name for g in gpus))
+        log.info("GPUs: %s", ", ".join(g.name for g in gpus))
     if _ASSIGNED is not None:
         return _ASSIGNED.description
     if gpus:

@@ -95,7 +95,7 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
         metrics["figures_seconds"] = time.perf_counter() - start
         tracking.log_metrics(client, run_id, metrics, step=len(history) - 1)
     except Exception as exc:  # a picture is not worth a failed run
-        print(f"warning: run figures not written: {type(exc).__name__}: {exc}")
+        log.warning("run figures not written: %s: %s", type(exc).__name__, exc)
 
 
 def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
@@ -175,7 +175,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
                   jit_compile=bool(tc.jit_compile), steps_per_execution=min(tc.steps_per_execution, steps))
     summary = format_shape_table(model)
     if tc.verbose:
-        print(summary)
+        log.info("the model, layer by layer:\n%s", summary)
 
     client = tracking.client_for(cfg.mlflow)
     output_dir, overrides = _hydra_dir()
@@ -209,7 +209,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
         if output_dir is not None and (output_dir / ".hydra").is_dir():
             tracking.log_redacted_dir(client, run_id, output_dir / ".hydra", ".hydra")
     if not _in_sweep():  # a sweep prints one line per trial itself
-        print(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
-              f"mlflow_run_id={run_id}")
+        log.info(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
+                 f"mlflow_run_id={run_id}")
     registry.register_if_asked(client, run_id, cfg)  # mlflow.register=true; never fails the run
     return metrics

@@ -168,7 +168,7 @@ def test_killed_sweep_leaves_no_running_trial_after_resume(tmp_path, client):
 
     proc = run_cli(sweep_args(tmp_path, n_trials=2), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[sweep] trial 0 was left RUNNING by a dead sweeper (" in proc.stdout
+    assert "trial 0 was left RUNNING by a dead sweeper (" in proc.stdout
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     killed = [r for r in all_runs(client) if r.info.run_name == "trial-0"][0]

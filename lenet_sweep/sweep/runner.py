@@ -4,6 +4,7 @@ one MLflow parent run per invocation with a child run per trial."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -35,6 +36,9 @@ from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override
 # fail_stale_trials are "experimental" in Optuna's terms only
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+log = logging.getLogger(__name__)
 
 
 class SweepFailed(RuntimeError):
@@ -140,8 +144,8 @@ class SweepRunner:
             self.n_trials = s["n_trials"]
             if self.sampler_name == "grid" and samplers.grid_size(space) < self.n_trials:
                 self.n_trials = samplers.grid_size(space)
-                print(f"[sweep] hydra.sweeper.n_trials={s['n_trials']} is more than the grid's "
-                      f"{self.n_trials} points: the study ends at {self.n_trials} trials")
+                log.info(f"hydra.sweeper.n_trials={s['n_trials']} is more than the grid's "
+                         f"{self.n_trials} points: the study ends at {self.n_trials} trials")
             self.storage_url = s["storage"] or stores.default_optuna_storage()
             stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
             stores.check_optuna_storage(self.storage_url)
@@ -163,7 +167,7 @@ class SweepRunner:
         if s["enqueue_seed_trial"]:
             note = studies.enqueue_seed_trial(study, space, grid=self.sampler_name == "grid")
             if note:
-                print(f"[sweep] {note}")
+                log.info(note)
         tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
                 "optuna.sampler": self.sampler_name, "optuna.pruner": self.pruner_name,
                 "optuna.direction": self.direction,
@@ -240,7 +244,7 @@ class SweepRunner:
         if deadline is None or time.monotonic() <= deadline:
             return False
         if not getattr(self, "said_timeout", False):
-            print(f"[sweep] timeout of {self.s['timeout']} s reached: no new trial starts")
+            log.info(f"timeout of {self.s['timeout']} s reached: no new trial starts")
             self.said_timeout = True
         return True
 
@@ -330,10 +334,9 @@ class SweepRunner:
         for trial in liveness.foreign_running(study):
             if trial.number not in said:
                 said.add(trial.number)
-                print(f"[sweep] trial {trial.number} runs on {trial.user_attrs.get('worker')}: this "
-                      f"storage keeps no heartbeat, so if that host died the trial stays RUNNING; "
-                      f"use an RDB storage (postgresql+psycopg://...) for sweepers on several hosts",
-                      flush=True)
+                log.warning(f"trial {trial.number} runs on {trial.user_attrs.get('worker')}: this "
+                            f"storage keeps no heartbeat, so if that host died the trial stays RUNNING; "
+                            f"use an RDB storage (postgresql+psycopg://...) for sweepers on several hosts")
 
     def _on_stale(self, study, trial) -> None:
         """A trial of a dead sweeper was just marked FAIL (by process id, or by Optuna's heartbeat
@@ -342,8 +345,8 @@ class SweepRunner:
         if reason is None:  # failed by the heartbeat check
             reason = f"its sweeper stopped beating (no heartbeat for {self._grace(study)} s): presumed dead"
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        print(f"[sweep] trial {trial.number} was left RUNNING by a dead sweeper "
-              f"({trial.user_attrs.get('worker')}): marked FAIL, {reason}", flush=True)
+        log.warning(f"trial {trial.number} was left RUNNING by a dead sweeper "
+                    f"({trial.user_attrs.get('worker')}): marked FAIL, {reason}")
         if trial.user_attrs.get("mlflow_run_id"):
             runs.close_child(self.client, trial.user_attrs["mlflow_run_id"], TrialState.FAIL,
                              reason, status="KILLED")
