@@ -149,15 +149,12 @@ class SweepRunner:
             self.storage_url = s["storage"] or stores.default_optuna_storage()
             stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
             stores.check_optuna_storage(self.storage_url)
+            storage = stores.open_optuna_storage(self.storage_url, s["heartbeat_interval"],
+                                                 s["grace_period"], on_stale=self._on_stale)
+            self._check_direction(storage)
             self.client = tracking.client_for(self.config.mlflow)  # checks the tracking store
-            storage = stores.open_optuna_storage(self.storage_url, s["heartbeat_interval"], s["grace_period"],
-                                           on_stale=self._on_stale)
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
                                         direction=self.direction, load_if_exists=True)
-            if study.direction.name.lower() != self.direction:
-                raise ValueError(f"study {s['study_name']} in {tracking.mask_url(self.storage_url)} "
-                                 f"was created to {study.direction.name.lower()}, not to {self.direction} "
-                                 f"(objective={self.config.objective}): give a new hydra.sweeper.study_name")
         except (SearchSpaceError, stores.StoreError, ValueError, TypeError) as exc:
             sys.exit(f"error: {' '.join(str(exc).split())}")
         experiment = self.config.mlflow.experiment_name
@@ -190,6 +187,18 @@ class SweepRunner:
                 print("[sweep] terminated (SIGTERM): running trials marked FAIL, their runs KILLED",
                       flush=True)
             raise
+
+    def _check_direction(self, storage) -> None:
+        """A study is resumed only in the direction it was created with."""
+        name = self.s["study_name"]
+        try:
+            [existing] = storage.get_study_directions(storage.get_study_id_from_name(name))
+        except KeyError:  # a new study
+            return
+        if existing.name.lower() != self.direction:
+            raise ValueError(f"study {name} in {tracking.mask_url(self.storage_url)} was created to "
+                             f"{existing.name.lower()}, not to {self.direction} "
+                             f"(objective={self.config.objective}): give a new hydra.sweeper.study_name")
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed) -> None:
