@@ -138,19 +138,19 @@ def default_optuna_storage() -> str:
 
 
 def open_optuna_storage(url: str | None, heartbeat_interval: int | None = None,
-                        grace_period: int | None = None, on_stale=None):
+                        grace_period: int | None = None):
     """An RDB URL (``postgresql+psycopg://…``, ``sqlite:///…``) or a journal file path (default).
 
-    RDB storages get Optuna's heartbeat: a trial whose sweeper stops beating for ``grace_period``
-    seconds is failed by the next sweeper that looks (``on_stale`` then runs for it).
+    RDB storages get Optuna's heartbeat settings: a trial whose sweeper stops beating for
+    ``grace_period`` seconds is failed by the next sweeper that looks (lenet_sweep.sweep.liveness).
     """
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     url = url or default_optuna_storage()
     if "://" in url:
-        beat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                    heartbeat_stale_trial_callback=on_stale) if heartbeat_interval else {}
+        beat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period) \
+            if heartbeat_interval else {}
         return retry_race(lambda: RDBStorage(url, **beat))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))

@@ -44,3 +44,20 @@ def foreign_running(study: optuna.Study) -> list[FrozenTrial]:
     """RUNNING trials whose sweeper is on another host."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if str(t.user_attrs.get("worker", "")).rpartition(":")[0] not in ("", socket.gethostname())]
+
+
+def fail_stale_trials(study: optuna.Study, reason: str) -> list[FrozenTrial]:
+    """Mark FAIL, with ``reason``, the RUNNING trials whose heartbeat is older than the storage's grace
+    period (RDB storages), on any host. Optuna's ``fail_stale_trials`` does the same but fails the trial
+    first, after which no reason can be recorded on it; another sweeper failing it at the same time
+    is fine (the storage refuses the second change)."""
+    storage = study._storage
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:  # another sweeper was first
+            pass
+    return failed

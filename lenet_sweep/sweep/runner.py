@@ -150,7 +150,7 @@ class SweepRunner:
             stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
             stores.check_optuna_storage(self.storage_url)
             storage = stores.open_optuna_storage(self.storage_url, s["heartbeat_interval"],
-                                                 s["grace_period"], on_stale=self._on_stale)
+                                                 s["grace_period"])
             self._check_direction(storage)
             self.client = tracking.client_for(self.config.mlflow)  # checks the tracking store
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
@@ -337,7 +337,9 @@ class SweepRunner:
         for trial in liveness.fail_dead_local_trials(study):
             self._on_stale(study, trial)
         if heartbeat_interval(study._storage):
-            optuna.storages.fail_stale_trials(study)  # calls _on_stale for each
+            reason = f"its sweeper stopped beating (no heartbeat for {self._grace(study)} s): presumed dead"
+            for trial in liveness.fail_stale_trials(study, reason):
+                self._on_stale(study, trial)
             return
         said = self.__dict__.setdefault("said_foreign", set())
         for trial in liveness.foreign_running(study):
@@ -348,12 +350,9 @@ class SweepRunner:
                             f"use an RDB storage (postgresql+psycopg://...) for sweepers on several hosts")
 
     def _on_stale(self, study, trial) -> None:
-        """A trial of a dead sweeper was just marked FAIL (by process id, or by Optuna's heartbeat
-        check, which calls this): say why, end its runs, maybe queue it again."""
+        """A trial of a dead sweeper was just marked FAIL (by process id, or by heartbeat): say why,
+        end its runs, maybe queue it again."""
         reason = trial.user_attrs.get("fail_reason")
-        if reason is None:  # failed by the heartbeat check
-            reason = f"its sweeper stopped beating (no heartbeat for {self._grace(study)} s): presumed dead"
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
         log.warning(f"trial {trial.number} was left RUNNING by a dead sweeper "
                     f"({trial.user_attrs.get('worker')}): marked FAIL, {reason}")
         if trial.user_attrs.get("mlflow_run_id"):
