@@ -8,6 +8,8 @@ together on a fresh database race to create its tables.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import random
 import tempfile
 import time
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from lenet_sweep.config import UserError
 from lenet_sweep.redaction import redact
@@ -45,6 +48,19 @@ def retry_race(create, attempts: int = 5):
             if attempt == attempts - 1 or not _transient(exc):
                 raise
             time.sleep(0.5 + random.random())
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created) for processes on this host; released on exit, also
+    when the process dies."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def check_writable_dir(folder: Path, key: str) -> None:
@@ -151,6 +167,8 @@ def open_optuna_storage(url: str | None, heartbeat_interval: int | None = None,
     if "://" in url:
         beat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period) \
             if heartbeat_interval else {}
-        return retry_race(lambda: RDBStorage(url, **beat))
+        # pool_pre_ping: a pooled connection the server dropped (restart, pg_terminate_backend) is
+        # replaced before use instead of failing the next storage call
+        return retry_race(lambda: RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))

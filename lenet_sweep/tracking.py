@@ -55,6 +55,9 @@ def client_for(mlflow_cfg) -> MlflowClient:
     uri = tracking_uri(mlflow_cfg)
     if uri not in _CHECKED:
         stores.check_tracking_uri(uri)
+        if uri.startswith("sqlite:///"):  # MLflow creates and migrates the schema on first use:
+            with stores.file_lock(uri[len("sqlite:///"):] + ".lock"):  # one process at a time
+                MlflowClient(uri).search_experiments(max_results=1)
         _CHECKED.add(uri)
     return stores.retry_race(lambda: MlflowClient(uri))
 

@@ -161,8 +161,9 @@ class SweepRunner:
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
         runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], liveness.dead_here)
-        if s["enqueue_seed_trial"]:
-            note = studies.enqueue_seed_trial(study, space, grid=self.sampler_name == "grid")
+        if s["enqueue_seed_trial"]:  # under the ask lock: sweepers starting together enqueue it once
+            with ask_lock(study._storage, self.storage_url, study.study_name):
+                note = studies.enqueue_seed_trial(study, space, grid=self.sampler_name == "grid")
             if note:
                 log.info(note)
         tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
