@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -40,15 +41,25 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 1
     pytest.fail(f"mlflow server did not answer {url}/health within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path, pg_url):
-    """``mlflow server`` on a fresh PostgreSQL database, artifacts proxied to ``tmp/artifacts``."""
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its own worker processes
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server_on(backend_uri: str, tmp_path: Path):
+    """A real ``mlflow server`` on ``backend_uri``, artifacts proxied to ``tmp/artifacts``; its URL."""
     port = free_port()
     log = tmp_path / "server.log"
     exe = [str(MLFLOW)] if MLFLOW.exists() else [sys.executable, "-m", "mlflow"]
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [*exe, "server", "--backend-store-uri", pg_url,
+            [*exe, "server", "--backend-store-uri", backend_uri,
              "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts",
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -57,13 +68,14 @@ def mlflow_server(tmp_path, pg_url):
         wait_healthy(url, proc, log)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and its own worker processes
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, pg_url):
+    """``mlflow server`` on a fresh PostgreSQL database."""
+    with mlflow_server_on(pg_url, tmp_path) as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from conftest import TINY, all_runs, compose_cfg
 from lenet_sweep import PROJECT_ROOT, data, registry
 from lenet_sweep.train import train
-from test_mlflow_server import MLFLOW, free_port, wait_healthy
+from test_mlflow_server import MLFLOW, free_port, mlflow_server_on
 
 #: learns something in one tiny epoch, with normalised pixels (the served model then scales them)
 LEARNS = ["model.activation=relu", "optimizer.lr=0.1", "data.normalize=true"]
@@ -152,32 +151,9 @@ def test_champion_gate_on_sqlite(registered, tmp_path, capsys):
 
 @pytest.fixture
 def sqlite_server(tmp_path):
-    """A real ``mlflow server`` on a SQLite store in tmp, artifacts proxied (no PostgreSQL needed)."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    exe = [str(MLFLOW)] if MLFLOW.exists() else [sys.executable, "-m", "mlflow"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*exe, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log)
+    """A real ``mlflow server`` on a SQLite store in tmp (no PostgreSQL needed)."""
+    with mlflow_server_on(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as url:
         yield url
-    finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its worker processes
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_registry_and_champion_on_a_tracking_server(sqlite_server, tmp_path, capsys):
