@@ -87,7 +87,10 @@ def check_database(url: str, key: str) -> None:
 
     shown = redact(url)
     if url.startswith("sqlite:///"):
-        check_writable_dir(Path(url[len("sqlite:///"):]).parent, f"{key}={shown}")
+        path = Path(url[len("sqlite:///"):])
+        check_writable_dir(path.parent, f"{key}={shown}")
+        if not path.exists():  # connecting would create it: a writable folder is all there is to check
+            return
     try:
         engine = sqlalchemy.create_engine(url)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:

@@ -149,10 +149,11 @@ class SweepRunner:
             self.storage_url = s["storage"] or stores.default_optuna_storage()
             stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
             stores.check_optuna_storage(self.storage_url)
+            stores.check_tracking_uri(tracking.tracking_uri(self.config.mlflow))  # creates nothing
             storage = stores.open_optuna_storage(self.storage_url, s["heartbeat_interval"],
                                                  s["grace_period"])
             self._check_direction(storage)
-            self.client = tracking.client_for(self.config.mlflow)  # checks the tracking store
+            self.client = tracking.client_for(self.config.mlflow)
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
                                         direction=self.direction, load_if_exists=True)
         except (SearchSpaceError, stores.StoreError, ValueError, TypeError) as exc:
