@@ -126,3 +126,27 @@ def test_retry_failed_requeues_the_dead_workers_trial(tmp_path, pg_url, pg_mlflo
     assert retried[0].state.is_finished()
     # the retried trial does not use up the budget: two counted trials besides the failed one
     assert len(study.trials) == 3
+
+
+def advisory_locks(pg_url) -> int:
+    engine = sqlalchemy.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sqlalchemy.text(
+                "select count(*) from pg_locks l join pg_database d on d.oid = l.database "
+                "where l.locktype = 'advisory' and d.datname = current_database()")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_the_ask_lock_on_a_studys_storage_is_a_postgresql_advisory_lock(pg_url):
+    """The study's storage is Optuna's cache around the RDB storage: the lock must see through it
+    (it did not, and sweepers on PostgreSQL asked without a lock)."""
+    from lenet_sweep.stores import open_optuna_storage
+    from lenet_sweep.sweep.ask_lock import ask_lock
+
+    study = optuna.create_study(study_name="shared", storage=open_optuna_storage(pg_url))
+    with ask_lock(study._storage, pg_url, "shared"):
+        assert advisory_locks(pg_url) == 1
+    assert advisory_locks(pg_url) == 0
+    study._storage._backend.engine.dispose()

@@ -19,6 +19,7 @@ def ask_lock(storage: BaseStorage, url: str | None, study_name: str) -> Iterator
     """Serialise "count the study's trials, then ask for one" across every worker of the study, so
     n_trials is exact: PostgreSQL's advisory lock, or Optuna's file lock beside a file storage."""
     url = url or default_optuna_storage()
+    storage = getattr(storage, "_backend", storage)  # a study's storage is Optuna's cache around it
     if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
         key = int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
         with storage.engine.connect() as conn:
