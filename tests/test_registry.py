@@ -21,7 +21,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from conftest import TINY, all_runs, compose_cfg
 from lenet_sweep import PROJECT_ROOT, data, registry
 from lenet_sweep.train import train
-from test_mlflow_server import MLFLOW, free_port, mlflow_server_on
+from test_mlflow_server import MLFLOW, free_port, mlflow_server_on, stop
 
 #: learns something in one tiny epoch, with normalised pixels (the served model then scales them)
 LEARNS = ["model.activation=relu", "optimizer.lr=0.1", "data.normalize=true"]
