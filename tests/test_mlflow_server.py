@@ -26,19 +26,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120,
+                 path: str = "/health") -> None:
+    """Until the server ``proc`` answers ``url + path`` with 200 (``mlflow server``: /health,
+    ``mlflow models serve``: /ping); fails the test if it exits or stays silent."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(1)
-    pytest.fail(f"mlflow server did not answer {url}/health within {timeout} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"mlflow server did not answer {url}{path} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:

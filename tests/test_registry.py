@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from conftest import TINY, all_runs, compose_cfg
 from lenet_sweep import PROJECT_ROOT, data, registry
 from lenet_sweep.train import train
-from test_mlflow_server import MLFLOW, free_port, mlflow_server_on, stop
+from test_mlflow_server import MLFLOW, free_port, mlflow_server_on, stop, wait_healthy
 
 #: learns something in one tiny epoch, with normalised pixels (the served model then scales them)
 LEARNS = ["model.activation=relu", "optimizer.lr=0.1", "data.normalize=true"]
@@ -191,17 +190,7 @@ def test_mlflow_models_serve_answers_with_the_champions_classes(registered, tmp_
                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no answer on {url}/ping:\n{log.read_text()[-3000:]}"
-            time.sleep(1)
+        wait_healthy(url, proc, log, timeout=180, path="/ping")
         request = urllib.request.Request(f"{url}/invocations", data=EXAMPLE.read_bytes(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
