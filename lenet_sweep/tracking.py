@@ -47,18 +47,27 @@ def artifact_location(uri: str) -> str | None:
 
 
 _CHECKED: set[str] = set()
+_CREATED: set[str] = set()
+
+
+def check_store(mlflow_cfg) -> str:
+    """The tracking URI, its store checked once per process (reachable; nothing created)."""
+    uri = tracking_uri(mlflow_cfg)
+    if uri not in _CHECKED:
+        stores.check_tracking_uri(uri)
+        _CHECKED.add(uri)
+    return uri
 
 
 def client_for(mlflow_cfg) -> MlflowClient:
     """A client of the configured store (MLflow creates a database's tables on first use). The
     store is checked once per process first: an unreachable one is a one-line ``StoreError``."""
-    uri = tracking_uri(mlflow_cfg)
-    if uri not in _CHECKED:
-        stores.check_tracking_uri(uri)
+    uri = check_store(mlflow_cfg)
+    if uri not in _CREATED:
         if uri.startswith("sqlite:///"):  # MLflow creates and migrates the schema on first use:
             with stores.file_lock(uri[len("sqlite:///"):] + ".lock"):  # one process at a time
                 MlflowClient(uri).search_experiments(max_results=1)
-        _CHECKED.add(uri)
+        _CREATED.add(uri)
     return stores.retry_race(lambda: MlflowClient(uri))
 
 

@@ -149,7 +149,7 @@ class SweepRunner:
             self.storage_url = s["storage"] or stores.default_optuna_storage()
             stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
             stores.check_optuna_storage(self.storage_url)
-            stores.check_tracking_uri(tracking.tracking_uri(self.config.mlflow))  # creates nothing
+            tracking.check_store(self.config.mlflow)  # reachable; creates nothing
             storage = stores.open_optuna_storage(self.storage_url, s["heartbeat_interval"],
                                                  s["grace_period"])
             self._check_direction(storage)
