@@ -7,7 +7,7 @@ checked by :func:`validate`, which runs before TensorFlow is imported.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, List, Optional
 
@@ -55,6 +55,7 @@ class LeNetConfig:
 
 @dataclass
 class SGDConfig:
+    _target_: str = "keras.optimizers.SGD"  # instantiated by Hydra; lr is passed as learning_rate
     name: str = "sgd"
     lr: float = 0.9
     momentum: float = 0.0
@@ -63,6 +64,7 @@ class SGDConfig:
 
 @dataclass
 class AdamConfig:
+    _target_: str = "keras.optimizers.Adam"
     name: str = "adam"
     lr: float = 0.001
     beta_1: float = 0.9
@@ -124,18 +126,18 @@ def _check(ok: bool, key: str, value: Any, rule: str, example: str) -> None:
         raise ConfigError(f"{key}={value} is invalid: {rule} (for example {key}={example})")
 
 
-#: optimizer group option -> its schema; the group's ``name`` key must be the option's name
+#: optimizer group option -> its schema (its ``_target_`` default: the Keras class it builds)
 OPTIMIZERS = {"sgd": SGDConfig, "adam": AdamConfig}
 
 
 def _check_optimizer_name(opt: DictConfig) -> None:
-    """``optimizer.name`` only labels the group chosen with ``optimizer=…``: setting it alone
-    (``optimizer.name=adam`` on the sgd group, or an unknown name) would train another optimizer
-    than the one the config describes."""
-    keys = set(opt.keys())
-    group = next((n for n, schema in OPTIMIZERS.items()
-                  if keys == {f.name for f in fields(schema)}), None)
-    if opt.name != group:
+    """``optimizer._target_`` builds the optimizer; ``optimizer.name`` only labels it (MLflow param,
+    report). The name of another group (``optimizer.name=adam`` on the sgd group, or an unknown name on
+    a Keras class this project ships a group for) would label runs with an optimizer they did not
+    train. A group the user adds (its own ``_target_`` and ``name``) passes."""
+    targets = {n: schema._target_ for n, schema in OPTIMIZERS.items()}
+    named_for = next((n for n, t in targets.items() if t == opt.get("_target_")), None)
+    if (opt.name in targets and named_for != opt.name) or (named_for is not None and opt.name != named_for):
         choices = ", ".join(f"optimizer={n}" for n in OPTIMIZERS)
         raise ConfigError(f"optimizer.name={opt.name} is invalid: choose the optimizer with the group "
                           f"({choices}), not with optimizer.name")

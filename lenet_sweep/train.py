@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import data, devices, provenance, registry, tracking
-from lenet_sweep.config import TrainingDiverged, validate
+from lenet_sweep.config import ConfigError, TrainingDiverged, validate
 from lenet_sweep.model import build_lenet, format_shape_table
 from lenet_sweep.quiet import startup_lines_filtered
 
@@ -68,14 +68,23 @@ class EpochLogger(keras.callbacks.Callback):
             raise first
 
 
-def make_optimizer(opt_cfg) -> keras.optimizers.Optimizer:
-    if opt_cfg.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=opt_cfg.lr, momentum=opt_cfg.momentum,
-                                    nesterov=opt_cfg.nesterov)
-    if opt_cfg.name == "adam":
-        return keras.optimizers.Adam(learning_rate=opt_cfg.lr, beta_1=opt_cfg.beta_1,
-                                     beta_2=opt_cfg.beta_2, epsilon=opt_cfg.epsilon)
-    raise ValueError(f"optimizer.name={opt_cfg.name} is unknown: use optimizer=sgd or optimizer=adam")
+def make_optimizer(opt_cfg: DictConfig) -> keras.optimizers.Optimizer:
+    """Hydra instantiates the optimizer group's ``_target_`` (a Keras optimizer class) with the group's
+    keys as keywords; the user-facing ``lr`` (the notebook's name) is Keras' ``learning_rate``. A group
+    the user adds works the same way (``conf/optimizer/rmsprop.yaml``: ``_target_:
+    keras.optimizers.RMSprop``, ``name``, ``lr``, ``rho``); a key the class does not take is a
+    ConfigError naming ``optimizer._target_``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    kwargs = OmegaConf.to_container(opt_cfg, resolve=True)
+    kwargs["learning_rate"] = kwargs.pop("lr")
+    try:
+        return instantiate(kwargs)
+    except InstantiationException as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"optimizer._target_={kwargs.get('_target_')} cannot be built from the "
+                          f"optimizer group's keys: {reason}") from None
 
 
 def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np.ndarray], np.ndarray],

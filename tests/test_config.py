@@ -64,6 +64,32 @@ def test_the_optimizer_is_chosen_by_its_group_not_by_its_name_key(overrides):
                                           r"group \(optimizer=sgd, optimizer=adam\)"):
         validate(compose_cfg(overrides))
     validate(compose_cfg(["optimizer=adam"]))  # the group sets its own name
+    with pytest.raises(ConfigError, match=r"^optimizer.name=sgd is invalid"):
+        validate(compose_cfg(["optimizer._target_=keras.optimizers.Adam"]))  # an sgd-labelled Adam
+
+
+def test_the_optimizer_is_instantiated_from_its_group_with_lr_as_keras_learning_rate():
+    from omegaconf import OmegaConf, open_dict
+
+    from lenet_sweep.train import make_optimizer
+
+    sgd = make_optimizer(compose_cfg(["optimizer.lr=0.25", "optimizer.momentum=0.5",
+                                      "optimizer.nesterov=true"]).optimizer)
+    assert (type(sgd).__name__, float(sgd.learning_rate), sgd.momentum, sgd.nesterov) == ("SGD", 0.25, 0.5, True)
+    adam = make_optimizer(compose_cfg(["optimizer=adam", "optimizer.beta_2=0.99"]).optimizer)
+    assert (type(adam).__name__, adam.beta_2, adam.epsilon) == ("Adam", 0.99, 1e-7)
+    # a group the user adds: its own _target_ and options, no schema of ours
+    rmsprop = OmegaConf.create({"_target_": "keras.optimizers.RMSprop", "name": "rmsprop", "lr": 0.5, "rho": 0.8})
+    cfg = compose_cfg()
+    with open_dict(cfg):
+        cfg.optimizer = rmsprop
+    validate(cfg)
+    built = make_optimizer(rmsprop)
+    assert (type(built).__name__, float(built.learning_rate), built.rho) == ("RMSprop", 0.5, 0.8)  # float32-exact
+    with pytest.raises(ConfigError, match=r"^optimizer._target_=keras.optimizers.SGD cannot be built from "
+                                          r"the optimizer group's keys: .*beta_1"):
+        make_optimizer(OmegaConf.create({"_target_": "keras.optimizers.SGD", "name": "sgd", "lr": 0.1,
+                                         "beta_1": 0.9}))
 
 
 def test_cli_rejects_bad_value_in_one_line_before_tensorflow(tmp_path):

@@ -143,14 +143,14 @@ def test_the_error_line_masks_the_password_of_the_store(tmp_path, pg_url):
 
 def recorded():
     """A sweep trial's recorded config.yaml, as an older lenet_sweep logged it (no mlflow.register,
-    the sweeper's plumbing keys trial_number and mlflow.run_id in the config)."""
+    no optimizer._target_, the sweeper's plumbing keys trial_number and mlflow.run_id in the config)."""
     from omegaconf import OmegaConf
 
     from conftest import compose_cfg
 
     cfg = OmegaConf.to_container(compose_cfg(TINY), resolve=True, enum_to_str=True)
     cfg["trial_number"], cfg["mlflow"]["run_id"] = 4, "abc"
-    del cfg["mlflow"]["register"]
+    del cfg["mlflow"]["register"], cfg["optimizer"]["_target_"]
     return OmegaConf.create(cfg)
 
 
@@ -163,7 +163,8 @@ def test_the_rerun_config_is_the_record_without_sweeper_plumbing_and_with_the_xl
     assert cfg.mlflow.register is False and cfg.mlflow.tracking_uri == "sqlite:///x.db"
     assert cfg.trainer.jit_compile is False and cfg.trainer.verbose == 2
     assert cfg.data.train_limit == 512 and cfg.optimizer.lr == 0.9  # the record, not today's defaults
-    assert notes == ["not in the record, today's default: mlflow.register",
+    assert cfg.optimizer._target_ == "keras.optimizers.SGD"  # the recorded optimizer.name's class
+    assert notes == ["not in the record, today's default: mlflow.register, optimizer._target_",
                      "trainer.jit_compile=false (the original's XLA choice)", "trainer.verbose=2 (given)"]
 
     cfg, _ = rerun_config(recorded(), {"xla": "true", "xla_measured": "true"}, "sqlite:///x.db", {})
