@@ -37,7 +37,7 @@ class Activation(Enum):
 
 
 class OutputActivation(Enum):
-    sigmoid = "sigmoid"  # the notebook's choice; sparse_categorical_crossentropy renormalises
+    sigmoid = "sigmoid"  # the notebook's; Keras' loss reads the logits under it: softmax cross-entropy
     softmax = "softmax"
 
 

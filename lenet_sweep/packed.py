@@ -115,7 +115,7 @@ class PackedLeNet:
         return tf.where(mask, tf.nn.relu(z), tf.sigmoid(z))
 
     def forward(self, x):
-        """``x`` ``[B, H, W, K]`` (slot k's images on channel k) -> probabilities ``[B, K, classes]``."""
+        """``x`` ``[B, H, W, K]`` (slot k's images on channel k) -> logits ``[B, K, classes]``."""
         k, w = self.slots, self.weights
         h = x
         for i in range(self.n_conv):
@@ -137,12 +137,18 @@ class PackedLeNet:
             h = tf.einsum("bki,kio->bko", h, w[i]) + w[i + 1]
             if j < len(dense) - 1:
                 h = self._act(h)
-        return tf.nn.softmax(h) if self.softmax else tf.sigmoid(h)
+        return h  # logits
 
     def losses(self, x, y):
-        """Per-slot batch-mean losses ``[K]`` and probabilities; ``y`` ``[B, K]``."""
-        probs = self.forward(x)
-        per_sample = keras.losses.sparse_categorical_crossentropy(y, probs)  # [B, K], as compile's loss
+        """Per-slot batch-mean losses ``[K]`` and output probabilities; ``y`` ``[B, K]``.
+
+        Keras' ``sparse_categorical_crossentropy`` on a sigmoid or softmax output layer reads the
+        logits the activation leaves on its output (``_keras_logits``) and computes softmax
+        cross-entropy from them; so does this (the output activation only gives the probabilities
+        that accuracy's argmax reads, which saturated sigmoids can tie)."""
+        logits = self.forward(x)
+        per_sample = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # [B, K]
+        probs = tf.nn.softmax(logits) if self.softmax else tf.sigmoid(logits)
         return tf.reduce_mean(per_sample, axis=0), probs
 
     def _accumulate(self, losses, probs, y) -> None:

@@ -8,8 +8,8 @@ The served model has one contract for every version, whatever its run trained on
 raw 0-255 pixels**, float32 of shape (N, 28, 28, 1) (JSON integers are cast), **-> 10 class
 probabilities** (float32, rows sum to 1). A run trained with ``data.normalize=true`` gets a
 Normalization layer in front (x / 255, the same division the run's data went through); a sigmoid
-output layer (the notebook's) is followed by ``softmax(log_sigmoid(z))`` = sigmoid(z) / sum, the
-renormalisation Keras' loss applies, so the classes are the run's own. Clients never change when
+output layer (the notebook's) is followed by ``softmax(log_sigmoid(z))`` = sigmoid(z) / sum (rows sum
+to 1, classes ranked as the run's sigmoid ranks them), so the classes are the run's own. Clients never change when
 the ``champion`` alias moves between versions.
 
 ``register`` creates one version per call (or reuses the version that already holds that run's
