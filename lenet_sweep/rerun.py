@@ -224,7 +224,7 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
     new_id = client.create_run(tracking.experiment_id(client, cfg.mlflow.experiment_name),
                                run_name=f"{original.info.run_name}-rerun", tags=new_tags).info.run_id
     try:
-        with tracking._sigterm_as_exit():  # a kill before train() opens the run still closes it
+        with tracking.sigterm_as_exit():  # a kill before train() opens the run still closes it
             from lenet_sweep.quiet import startup_lines_filtered
 
             with startup_lines_filtered():  # TensorFlow's C++ start-up lines, as python -m lenet_sweep

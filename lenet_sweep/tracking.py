@@ -122,7 +122,7 @@ def log_traceback(client: MlflowClient, run_id: str, exc: BaseException | str) -
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
+def sigterm_as_exit() -> Iterator[None]:
     """SIGTERM (kill, a scheduler's cancel) raises SystemExit so the run below is closed KILLED."""
     def handler(signum, frame):
         raise SystemExit(128 + signum)
@@ -149,19 +149,27 @@ def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
                                    tags=dict(tags or {})).info.run_id
     elif tags:
         log_params(client, run_id, {}, tags)
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         try:
             yield run_id
-        except (KeyboardInterrupt, SystemExit) as exc:
-            client.set_tag(run_id, "error", f"interrupted ({type(exc).__name__})")
-            client.set_terminated(run_id, "KILLED")
-            raise
         except BaseException as exc:
-            client.set_tag(run_id, "error", error_line(exc))
-            log_traceback(client, run_id, exc)
-            client.set_terminated(run_id, "FAILED")
+            end_run(client, run_id, exc)
             raise
+        end_run(client, run_id)
+
+
+def end_run(client: MlflowClient, run_id: str, exc: BaseException | None = None) -> None:
+    """End ``run_id`` as ``exc`` says: FINISHED (None), KILLED (Ctrl-C, SIGTERM) or FAILED (tagged
+    ``error``, traceback in ``error.txt``)."""
+    if exc is None:
         client.set_terminated(run_id, "FINISHED")
+    elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        client.set_tag(run_id, "error", f"interrupted ({type(exc).__name__})")
+        client.set_terminated(run_id, "KILLED")
+    else:
+        client.set_tag(run_id, "error", error_line(exc))
+        log_traceback(client, run_id, exc)
+        client.set_terminated(run_id, "FAILED")
 
 
 def log_redacted_dir(client: MlflowClient, run_id: str, folder: Path, artifact_path: str) -> None:

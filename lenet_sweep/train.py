@@ -107,6 +107,39 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
         log.warning("run figures not written: %s: %s", type(exc).__name__, exc)
 
 
+def record_start(client: MlflowClient, run_id: str, cfg: DictConfig, model: keras.Model,
+                 splits: data.Splits, summary: str) -> None:
+    """What a run records before training: params, provenance, the model table, the config."""
+    tracking.log_params(client, run_id, {**tracking.flat_params(cfg), "num_params": model.count_params()})
+    provenance.log_run(client, run_id, cfg, model, splits)  # versions, commit, threads, data
+    client.log_text(run_id, summary, "model_summary.txt")
+    client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+
+
+def record_end(client: MlflowClient, run_id: str, model: keras.Model, splits: data.Splits,
+               history: list[dict[str, float]], test: dict[str, float],
+               predict_classes: Callable[[np.ndarray], np.ndarray], *, xla: bool, stopped: bool,
+               output_dir: Path | None) -> dict[str, float]:
+    """What a run records after training: the XLA choice, test metrics, pictures (not for a run
+    stopped early: a pruned trial), the weights and Hydra's ``.hydra/`` files. Returns the final
+    epoch's metrics plus ``test_loss`` and ``test_accuracy``."""
+    client.set_tag(run_id, "xla", str(xla).lower())  # the choice trainer.jit_compile=null made
+    metrics = {**history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
+    tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
+                         step=len(history) - 1)
+    if stopped:
+        log.info("training stopped early: figures/ not written")
+    else:
+        log_figures(client, run_id, predict_classes, splits, history)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "lenet.weights.h5"
+        model.save_weights(weights)
+        client.log_artifact(run_id, str(weights))
+    if output_dir is not None and (output_dir / ".hydra").is_dir():
+        tracking.log_redacted_dir(client, run_id, output_dir / ".hydra", ".hydra")
+    return metrics
+
+
 def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
                   callbacks) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray], bool]:
     """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
@@ -191,11 +224,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
     tags = {"hydra.overrides": tracking.redact(overrides), "device": device}
     with tracking.open_run(client, cfg.mlflow.experiment_name, run_id, cfg.mlflow.run_name,
                            tags) as run_id:
-        tracking.log_params(client, run_id, {**tracking.flat_params(cfg),
-                                             "num_params": model.count_params()})
-        provenance.log_run(client, run_id, cfg, model, splits)  # versions, commit, threads, data
-        client.log_text(run_id, summary, "model_summary.txt")
-        client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        record_start(client, run_id, cfg, model, splits, summary)
         logger = EpochLogger(client, run_id, len(splits.x_train))
         try:
             test, predict_classes, xla = _fit_and_test(model, cfg, splits, [logger, *callbacks])
@@ -203,20 +232,8 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
             logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
             raise
         logger.close()
-        client.set_tag(run_id, "xla", str(xla).lower())  # the choice trainer.jit_compile=null made
-        metrics = {**logger.history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
-        tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
-                             step=len(logger.history) - 1)
-        if model.stop_training:  # stopped early by a callback (a pruned trial): no pictures
-            log.info("training stopped early: figures/ not written")
-        else:
-            log_figures(client, run_id, predict_classes, splits, logger.history)
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / "lenet.weights.h5"
-            model.save_weights(weights)
-            client.log_artifact(run_id, str(weights))
-        if output_dir is not None and (output_dir / ".hydra").is_dir():
-            tracking.log_redacted_dir(client, run_id, output_dir / ".hydra", ".hydra")
+        metrics = record_end(client, run_id, model, splits, logger.history, test, predict_classes,
+                             xla=xla, stopped=model.stop_training, output_dir=output_dir)
     if not _in_sweep():  # a sweep prints one line per trial itself
         log.info(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
                  f"mlflow_run_id={run_id}")

@@ -21,6 +21,7 @@ class PoolLauncherConf:
     _target_: str = "hydra_plugins.lenet_sweep_optuna.pool_launcher.PoolLauncher"
     n_workers: Optional[int] = None  # null: the sweeper's n_jobs
     asynchronous: bool = True  # false: the sweeper launches batches and waits for each (a baseline)
+    pack: int = 1  # trials per worker trained as one fused graph (lenet_sweep.packed); 1: unpacked
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=PoolLauncherConf,
@@ -28,19 +29,26 @@ ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=Poo
 
 
 class PoolLauncher(Launcher):
-    def __init__(self, n_workers: Optional[int] = None, asynchronous: bool = True) -> None:
-        self.n_workers, self.asynchronous = n_workers, asynchronous
+    def __init__(self, n_workers: Optional[int] = None, asynchronous: bool = True, pack: int = 1) -> None:
+        self.n_workers, self.asynchronous, self.pack = n_workers, asynchronous, pack
         self.pool = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
-    def start(self, n_workers: int):
-        from lenet_sweep.sweep.pool import WorkerPool
-
+    def start(self, n_jobs: int):
+        """The pool for ``n_jobs`` trials at once: ``n_jobs`` workers, or with ``pack`` K, n_jobs / K
+        workers of K slots (``n_workers`` when set)."""
         if self.pool is None:
-            self.pool = WorkerPool(self.n_workers or n_workers)
+            if self.pack > 1:
+                from lenet_sweep.sweep.pack_pool import PackPool
+
+                self.pool = PackPool(self.n_workers or -(-n_jobs // self.pack), self.pack)
+            else:
+                from lenet_sweep.sweep.pool import WorkerPool
+
+                self.pool = WorkerPool(self.n_workers or n_jobs)
         return self.pool
 
     def submit(self, overrides: Sequence[str], idx: int):
@@ -55,6 +63,7 @@ class PoolLauncher(Launcher):
 
         from lenet_sweep import devices  # under another sweeper: n_workers, or one per GPU / 2 cores
 
+        self.pack = 1  # a packed worker hosts this project's sweep trials (lenet_sweep.trial) only
         pool = self.start(self.n_workers or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1))
         returns = []
         for start in range(0, len(job_overrides), pool.n_workers):

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
+from lenet_sweep.packing import unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
 from lenet_sweep.sweep import study as studies
@@ -107,14 +108,18 @@ class SweepRunner:
             if isinstance(exc, TypeError) or self.pruner_name in reason:
                 sys.exit(f"error: hydra/sweeper/pruner={self.pruner_name}: {reason}")
             sys.exit(f"error: {reason}")
-        self.n_jobs = self.s["n_jobs"] or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
+        self.pack = getattr(launcher, "pack", 1)
+        if self.pack < 1 or (self.pack > 1 and not launcher.asynchronous):
+            sys.exit(f"error: hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
+                     "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
+        workers = devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
+        self.n_jobs = self.s["n_jobs"] or workers * self.pack
         n_workers = getattr(launcher, "n_workers", None)
-        if n_workers is not None and n_workers < self.n_jobs:
-            sys.exit(f"error: hydra.launcher.n_workers={n_workers} is fewer than the "
-                     f"{self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
+        if n_workers is not None and n_workers * self.pack < self.n_jobs:
+            sys.exit(f"error: hydra.launcher.n_workers={n_workers} (x hydra.launcher.pack={self.pack}) "
+                     f"is fewer than the {self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
                      f"hydra.launcher.n_workers null (it follows n_jobs) or set both to the same number")
-        if hasattr(launcher, "start"):  # lenet_pool: long-lived workers, one per slot
-            launcher.start(self.n_jobs)
+        self.pool_launcher = launcher if hasattr(launcher, "start") else None  # lenet_pool
         if getattr(launcher, "asynchronous", False):
             self.launcher = launcher
         else:  # any other Hydra launcher runs batches of n_jobs
@@ -136,10 +141,24 @@ class SweepRunner:
                                    "e.g. 'hydra.sweeper.params.optimizer.lr=tag(log, interval(0.01, 1))'")
         return space, fixed, {**self.s["params"], **cli_space}
 
+    def _start_workers(self, space) -> None:
+        """Start lenet_pool's workers; with ``pack`` > 1, packed unless the trials cannot share a
+        pack (then as many unpacked workers as there would have been packs, and one line why)."""
+        if self.pool_launcher is None:
+            return
+        if self.pack > 1:
+            why = unpackable(self.config, space)
+            if why:
+                log.info(f"hydra.launcher.pack={self.pack}: trials not packed ({why}); one trial per worker")
+                self.n_jobs = -(-self.n_jobs // self.pack)
+                self.pool_launcher.pack = self.pack = 1
+        self.pool_launcher.start(self.n_jobs)
+
     def sweep(self, arguments: list[str]) -> dict[str, Any] | None:
         s = self.s
         try:
             space, fixed, space_text = self._space(arguments)
+            self._start_workers(space)
             sampler = samplers.make_sampler(self.sampler_name, s["sampler"], s["seed"], space)
             self.n_trials = s["n_trials"]
             if self.sampler_name == "grid" and samplers.grid_size(space) < self.n_trials:

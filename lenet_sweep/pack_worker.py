@@ -1,0 +1,250 @@
+"""A sweep worker that hosts K trials at once (``hydra.launcher.pack=K``): one fused
+:class:`~lenet_sweep.packed.PackedLeNet`, each slot refilled with the next trial at an epoch boundary.
+
+Each trial arrives as the Hydra job it would be unpacked — its overrides, composed by Hydra's
+``run_job`` (its folder, ``.hydra/`` files, and the sweeper's :class:`~lenet_sweep.trial.TrialPayload`
+there) — and leaves as that job's ``JobReturn``. Its MLflow child run records what an unpacked
+trial's records (:func:`lenet_sweep.train.record_start` / :func:`~lenet_sweep.train.record_end`:
+params, provenance, per-epoch metrics, test metrics, pictures, ``.weights.h5``) plus a tag
+``pack`` (``slot/size``); its Optuna trial gets each epoch's report and may be pruned.
+
+Like :mod:`lenet_sweep.train`, this is the job side of the sweeper ↔ worker protocol
+(:mod:`lenet_sweep.trial`): it does not import ``lenet_sweep.sweep``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.core.utils import run_job
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lenet_sweep import data, devices, tracking
+from lenet_sweep.config import ConfigError, TrainingDiverged, UserError, validate
+from lenet_sweep.model import format_shape_table
+from lenet_sweep.packed import PackedLeNet, SlotParams
+from lenet_sweep.packing import PACKED_KEYS, shared_part, unpackable
+from lenet_sweep.trial import Reporter, TrialPayload
+
+log = logging.getLogger(__name__)
+
+#: seconds a worker that just freed slots waits for the sweeper's next trials before going on
+REFILL_WAIT_S = 3.0
+
+
+@dataclass
+class Trial:
+    """A trial in a slot."""
+
+    idx: int
+    overrides: list[str]
+    cfg: DictConfig
+    output_dir: Path
+    payload: TrialPayload
+    reporter: Reporter
+    client: Any
+    run_id: str
+    logger: Any  # lenet_sweep.train.EpochLogger
+    epoch: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class PackWorker:
+    """The worker's loop: take ``(idx, overrides)`` from ``inbox`` (None: no more), train them packed,
+    and hand each trial's end to ``emit(idx, overrides, value, exc)`` (its objective value, or the
+    exception the job would have raised: ``optuna.TrialPruned`` for a pruned trial)."""
+
+    def __init__(self, context: tuple, size: int, inbox, emit):
+        self.hydra_context, self.config, self.task_function, singleton_state = context
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import setup_globals
+
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        self.size, self.inbox, self.emit = size, inbox, emit
+        self.slots: list[Trial | None] = [None] * size
+        self.pack: PackedLeNet | None = None
+        self.shared: dict | None = None
+        self.splits: data.Splits | None = None
+        self.closed = False
+        self.freed = False
+
+    # -- trials in --------------------------------------------------------------------------------
+    def _compose(self, overrides: list[str], idx: int) -> tuple[DictConfig, Path, str]:
+        """The job's config, folder and task overrides, as Hydra's launchers make them (``.hydra/``
+        written)."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+            sweep_config.hydra.job.num = idx
+        ret = run_job(hydra_context=self.hydra_context, task_function=lambda cfg: cfg, config=sweep_config,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+                      configure_logging=False)
+        return (ret.return_value, Path(ret.hydra_cfg.hydra.runtime.output_dir),
+                " ".join(ret.hydra_cfg.hydra.overrides.task))
+
+    def _start(self, slot: int, idx: int, overrides: list[str]) -> None:
+        from lenet_sweep.train import EpochLogger, record_start
+
+        cfg, output_dir, task_overrides = self._compose(overrides, idx)
+        validate(cfg)
+        payload = TrialPayload.read(output_dir)
+        if payload is None:
+            raise RuntimeError(f"no {output_dir}/.trial.json: a packed worker runs sweep trials only")
+        why = unpackable(cfg)
+        if why:
+            raise ConfigError(f"this trial cannot be packed: {why}")
+        if self.pack is None:
+            self.splits = data.load(cfg.data)
+            self.device = devices.configure()
+            t = data.to_tensors(self.splits)
+            self.shared = shared_part(cfg)
+            self.pack = PackedLeNet(cfg.model, self.size, cfg.data.batch_size, t.x_train, t.y_train)
+            self.tensors = t
+        elif shared_part(cfg) != self.shared:
+            raise ConfigError("this trial differs from its pack in more than "
+                              f"{', '.join(PACKED_KEYS)}: run it with hydra.launcher.pack=1")
+        params = SlotParams(lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
+                            nesterov=cfg.optimizer.nesterov, activation=str(getattr(
+                                cfg.model.activation, "value", cfg.model.activation)))
+        reporter = Reporter(payload)
+        self.pack.assign(slot, params, cfg.seed)
+        model = self.pack.to_keras(slot, params.activation)
+        client = tracking.client_for(cfg.mlflow)
+        run_id = payload.run_id
+        tags = {"hydra.overrides": tracking.redact(task_overrides), "device": self.device,
+                "pack": f"{slot}/{self.size}"}
+        tracking.log_params(client, run_id, {}, tags)
+        try:
+            record_start(client, run_id, cfg, model, self.splits, format_shape_table(model))
+        except BaseException as exc:
+            tracking.end_run(client, run_id, exc)
+            raise
+        logger = EpochLogger(client, run_id, len(self.splits.x_train))
+        self.slots[slot] = Trial(idx, overrides, cfg, output_dir, payload, reporter, client, run_id, logger)
+
+    def _take(self) -> None:
+        """Fill free slots from the inbox: wait while no slot is busy; after slots were freed, wait a
+        little (:data:`REFILL_WAIT_S`) for the sweeper's next trials; otherwise take what is there."""
+        freed_at = time.monotonic()
+        while not self.closed and None in self.slots:
+            busy = any(self.slots)
+            try:
+                if not busy:
+                    msg = self.inbox.get()
+                else:
+                    left = REFILL_WAIT_S - (time.monotonic() - freed_at) if self.freed else 0
+                    msg = self.inbox.get(timeout=left) if left > 0 else self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if msg is None:
+                self.closed = True
+                return
+            idx, overrides = msg
+            slot = self.slots.index(None)
+            try:
+                self._start(slot, idx, overrides)
+            except Exception as exc:  # this trial fails; the pack goes on
+                log.warning("trial job %s failed before training: %s", idx, tracking.error_line(exc))
+                self.emit(idx, overrides, None, exc)
+
+    # -- an epoch -------------------------------------------------------------------------------
+    def _epoch(self) -> None:
+        for trial in filter(None, self.slots):
+            trial.logger.on_epoch_begin(trial.epoch)
+        train = self.pack.train_epoch(self.slots[0].cfg.trainer.steps_per_execution
+                                      if self.slots[0] else 100)
+        val, _ = self.pack.evaluate(self.tensors.x_val, self.tensors.y_val)
+        done = []
+        for slot, trial in enumerate(self.slots):
+            if trial is None:
+                continue
+            logs = {**train[slot], **{f"val_{k}": v for k, v in val[slot].items()}}
+            trial.history.append(logs)
+            try:
+                trial.logger.on_epoch_end(trial.epoch, logs)  # raises TrainingDiverged on NaN
+                value = logs.get(trial.payload.monitor)
+                if value is not None and math.isfinite(value) and trial.reporter.report(trial.epoch, value):
+                    trial.stopped = True
+            except Exception as exc:
+                self._fail(slot, exc)
+                continue
+            trial.epoch += 1
+            if trial.stopped or trial.epoch >= trial.cfg.trainer.epochs:
+                done.append(slot)
+        if done:
+            test, classes = self.pack.evaluate(self.tensors.x_test, self.tensors.y_test)
+            for slot in done:
+                self._finish(slot, test[slot], classes[:, slot])
+
+    def _finish(self, slot: int, test: dict[str, float], classes: np.ndarray) -> None:
+        from lenet_sweep.__main__ import objective
+        from lenet_sweep.train import record_end
+
+        trial = self.slots[slot]
+        try:
+            trial.logger.close()
+            model = self.pack.to_keras(slot, str(getattr(trial.cfg.model.activation, "value",
+                                                         trial.cfg.model.activation)))
+            metrics = record_end(trial.client, trial.run_id, model, self.splits, trial.logger.history, test,
+                                 lambda x: classes, xla=False, stopped=trial.stopped,
+                                 output_dir=trial.output_dir)
+            tracking.end_run(trial.client, trial.run_id)
+            from lenet_sweep import registry
+
+            registry.register_if_asked(trial.client, trial.run_id, trial.cfg)
+            trial.reporter.raise_if_pruned()
+            value = objective(metrics, trial.cfg.objective)
+        except Exception as exc:
+            return self._fail(slot, exc)
+        self._free(slot, value, None)
+
+    def _fail(self, slot: int, exc: BaseException) -> None:
+        trial = self.slots[slot]
+        if not isinstance(exc, UserError):
+            log.warning("trial job %s failed: %s", trial.idx, tracking.error_line(exc))
+        trial.logger.close(quiet=True)
+        import optuna
+
+        if not isinstance(exc, optuna.TrialPruned):
+            try:
+                tracking.end_run(trial.client, trial.run_id, exc)
+            except Exception:  # the sweeper closes the run if this could not
+                pass
+        self._free(slot, None, exc)
+
+    def _free(self, slot: int, value: float | None, exc: BaseException | None) -> None:
+        trial = self.slots[slot]
+        self.emit(trial.idx, trial.overrides, value, exc)
+        self.slots[slot] = None
+        self.pack.release(slot)
+        self.freed = True
+
+    def run(self) -> None:
+        with tracking.sigterm_as_exit():
+            try:
+                while True:
+                    self._take()
+                    self.freed = False
+                    if not any(self.slots):
+                        if self.closed:
+                            return
+                        continue
+                    self._epoch()
+            except BaseException as exc:  # SIGTERM, Ctrl-C, a crash: no run of this pack stays RUNNING
+                for slot, trial in enumerate(self.slots):
+                    if trial is not None:
+                        trial.logger.close(quiet=True)
+                        try:
+                            tracking.end_run(trial.client, trial.run_id, exc)
+                        finally:
+                            self.emit(trial.idx, trial.overrides, None, exc)
+                raise
