@@ -208,13 +208,13 @@ class PackWorker:
         self._free(slot, value, None)
 
     def _fail(self, slot: int, exc: BaseException) -> None:
-        trial = self.slots[slot]
-        if not isinstance(exc, UserError):
-            log.warning("trial job %s failed: %s", trial.idx, tracking.error_line(exc))
-        trial.logger.close(quiet=True)
         import optuna
 
+        trial = self.slots[slot]
+        trial.logger.close(quiet=True)
         if not isinstance(exc, optuna.TrialPruned):
+            if not isinstance(exc, UserError):
+                log.warning("trial job %s failed: %s", trial.idx, tracking.error_line(exc))
             try:
                 tracking.end_run(trial.client, trial.run_id, exc)
             except Exception:  # the sweeper closes the run if this could not

@@ -1,0 +1,136 @@
+"""Packed sweeps (hydra.launcher.pack=K) end to end: real CLI subprocesses, journal storage, MLflow."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from conftest import all_runs, child_pids, compose_cfg
+from lenet_sweep import tracking
+from test_sweep import load, parents_and_children, run_cli, sweep_args
+
+#: no trial of this space diverges (test_sweep): every one completes
+CALM = ["model.activation=sigmoid", "optimizer.momentum=interval(0.0, 0.5)"]
+
+
+def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
+    proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=4", "hydra.sweeper.n_jobs=4",
+                              "trainer.epochs=2", n_trials=6), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6  # n_trials exactly
+    [parent], children = parents_and_children(client)
+    assert parent.info.status == "FINISHED" and len(children) == 6
+    expected = set(tracking.flat_params(compose_cfg(["trainer.epochs=2"]))) | {"num_params"}
+    slots = []
+    for child in children:
+        number = int(child.data.tags["optuna.trial_number"])
+        assert child.info.status == "FINISHED" and child.data.tags["optuna.trial_state"] == "COMPLETE"
+        assert set(child.data.params) == expected  # the params an unpacked trial records
+        assert float(child.data.params["optimizer.lr"]) == study.trials[number].params["optimizer.lr"]
+        assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == 2
+        assert child.data.metrics["val_accuracy"] == pytest.approx(study.trials[number].value)
+        assert {"test_accuracy", "test_loss", "epoch_seconds"} <= set(child.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"lenet.weights.h5", "figures", "config.yaml", ".hydra", "model_summary.txt"} <= artifacts
+        slot, size = child.data.tags["pack"].split("/")
+        assert size == "4"
+        slots.append(slot)
+    assert len(set(slots)) == 4 and len(slots) == 6  # four slots, two of them refilled
+
+
+def test_a_pruned_slot_takes_the_next_trial_while_its_neighbour_trains(tmp_path, client):
+    """One worker, a pack of 2. With sampler seed 0 the random sampler draws lr 1e-6 for trials 0 and 2
+    (no learning: val_accuracy 0.11 after epoch 1, below the threshold 0.3: pruned) and lr 0.1 for
+    trial 1 (measured 0.485, 0.605, 0.675, 0.65 over its 4 epochs) (lenet_sweep.sweep.samplers)."""
+    proc = run_cli(sweep_args(
+        tmp_path, "hydra.launcher.pack=2", "hydra.sweeper.n_jobs=2", "hydra/sweeper/sampler=random",
+        "hydra.sweeper.seed=0", "hydra.sweeper.enqueue_seed_trial=false", "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=0.3", "optimizer.lr=choice(0.000001, 0.1)", "optimizer.momentum=0.9",
+        "optimizer.nesterov=false", "model.activation=relu", "data.normalize=true", "data.train_limit=2000",
+        "trainer.epochs=4", n_trials=3), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.params["optimizer.lr"] for t in study.trials] == [1e-6, 0.1, 1e-6]
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED]
+    first, neighbour, next_ = study.trials
+    assert list(first.intermediate_values) == [0]  # pruned after its first epoch
+    assert first.datetime_complete <= next_.datetime_start < neighbour.datetime_complete
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in parents_and_children(client)[1]}
+    assert runs[2].data.tags["pack"] == runs[0].data.tags["pack"] != runs[1].data.tags["pack"]
+    # the next trial trained in the freed slot while the neighbour still trained (MLflow's timestamps)
+    next_epochs = client.get_metric_history(runs[2].info.run_id, "loss")
+    neighbour_epochs = client.get_metric_history(runs[1].info.run_id, "loss")
+    assert next_epochs[0].timestamp < neighbour_epochs[-1].timestamp
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+
+def test_a_space_that_varies_other_keys_runs_unpacked_and_says_why(tmp_path, client):
+    proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=4", "data.batch_size=choice(32, 64)",
+                              n_trials=2), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("hydra.launcher.pack=4: trials not packed (the search space varies data.batch_size; a pack "
+            "varies only optimizer.lr, optimizer.momentum, optimizer.nesterov, model.activation, "
+            "trainer.epochs, seed); one trial per worker") in proc.stdout
+    children = parents_and_children(client)[1]
+    assert len(children) == 2 and not [c for c in children if "pack" in c.data.tags]
+
+
+def test_a_killed_packed_worker_fails_every_trial_it_held(tmp_path, client):
+    args = sweep_args(tmp_path, *CALM, "hydra.launcher.pack=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=50",
+                      "data.train_limit=2000", "hydra.sweeper.max_failure_rate=0.5", n_trials=2)
+    proc = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:  # both slots train
+            children = parents_and_children(client)[1]
+            if len(children) == 2 and all(client.get_metric_history(c.info.run_id, "loss") for c in children):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the pack never trained")
+        [worker] = [pid for pid in child_pids(proc.pid) if "multiprocessing" in open(
+            f"/proc/{pid}/cmdline").read() and "resource_tracker" not in open(f"/proc/{pid}/cmdline").read()]
+        subprocess.run(["kill", "-9", str(worker)], check=True)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "error: 2 trials failed" in err, err[-2000:]
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    for trial in study.trials:
+        assert trial.user_attrs["fail_reason"].startswith("RuntimeError: the worker process died")
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+    for child in parents_and_children(client)[1]:
+        assert child.info.status == "FAILED" and child.data.tags["optuna.fail_reason"].startswith(
+            "RuntimeError: the worker process died")
+
+
+def test_sigterm_ends_every_slot_of_a_pack_killed(tmp_path, client):
+    args = sweep_args(tmp_path, *CALM, "hydra.launcher.pack=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=50",
+                      "data.train_limit=2000", n_trials=2)
+    proc = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            children = parents_and_children(client)[1]
+            if len(children) == 2 and all(client.get_metric_history(c.info.run_id, "loss") for c in children):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the pack never trained")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "[sweep] terminated (SIGTERM): running trials marked FAIL, their runs KILLED" in out
+    assert [t.state for t in load(tmp_path).trials] == [TrialState.FAIL] * 2
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+    assert {c.info.status for c in parents_and_children(client)[1]} == {"KILLED"}
