@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from hydra.core.utils import run_job
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -37,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: seconds a worker that just freed slots waits for the sweeper's next trials before going on
 REFILL_WAIT_S = 3.0
+
+
+def _activation(cfg: DictConfig) -> str:
+    return str(getattr(cfg.model.activation, "value", cfg.model.activation))
 
 
 @dataclass
@@ -113,8 +116,7 @@ class PackWorker:
             raise ConfigError("this trial differs from its pack in more than "
                               f"{', '.join(PACKED_KEYS)}: run it with hydra.launcher.pack=1")
         params = SlotParams(lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
-                            nesterov=cfg.optimizer.nesterov, activation=str(getattr(
-                                cfg.model.activation, "value", cfg.model.activation)))
+                            nesterov=cfg.optimizer.nesterov, activation=_activation(cfg))
         reporter = Reporter(payload)
         self.pack.assign(slot, params, cfg.seed)
         model = self.pack.to_keras(slot, params.activation)
@@ -180,22 +182,25 @@ class PackWorker:
             trial.epoch += 1
             if trial.stopped or trial.epoch >= trial.cfg.trainer.epochs:
                 done.append(slot)
-        if done:
-            test, classes = self.pack.evaluate(self.tensors.x_test, self.tensors.y_test)
-            for slot in done:
-                self._finish(slot, test[slot], classes[:, slot])
+        for slot in done:
+            self._finish(slot)
 
-    def _finish(self, slot: int, test: dict[str, float], classes: np.ndarray) -> None:
+    def _finish(self, slot: int) -> None:
+        """The trial's test evaluation and record, on its own standard LeNet: the fused graph would
+        evaluate every slot (K times the test set) for each trial that ends."""
+        from lenet_sweep import fast_fit
         from lenet_sweep.__main__ import objective
         from lenet_sweep.train import record_end
 
         trial = self.slots[slot]
         try:
             trial.logger.close()
-            model = self.pack.to_keras(slot, str(getattr(trial.cfg.model.activation, "value",
-                                                         trial.cfg.model.activation)))
+            model = self.pack.to_keras(slot, _activation(trial.cfg))
+            model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            tester = fast_fit.InGraphTrainer(model, trial.cfg.data.batch_size)
+            test = tester.evaluate(self.tensors.x_test, self.tensors.y_test)
             metrics = record_end(trial.client, trial.run_id, model, self.splits, trial.logger.history, test,
-                                 lambda x: classes, xla=False, stopped=trial.stopped,
+                                 tester.predict_classes, xla=False, stopped=trial.stopped,
                                  output_dir=trial.output_dir)
             tracking.end_run(trial.client, trial.run_id)
             from lenet_sweep import registry
