@@ -56,6 +56,43 @@ def default_n_jobs(gpus: list[str], cpus: int) -> int:
     return len(gpus) if gpus else max(1, cpus // 2)
 
 
+#: trials per worker with ``hydra.launcher.pack=null`` on a CPU: the best of benchmarks/packed_sweep.py
+#: on a 2-core EPYC (docs/benchmarks.md); on a GPU as many as half its memory holds, at most GPU_PACK_MAX
+CPU_PACK = 8
+GPU_PACK_MAX = 64
+
+
+def trial_bytes(batch_size: int, params: int = 61_706, activations_per_image: int = 6_000) -> int:
+    """A LeNet trial's GPU memory in a pack: weights, gradients and momentum (3 x params) and the
+    activations a training step keeps for its backward pass (LeNet-5 on 28x28: ~5,800 floats per
+    image, rounded up), float32, times 4 for the allocator's slack and the evaluation batches."""
+    return 4 * 4 * (3 * params + activations_per_image * batch_size)
+
+
+def default_pack(gpus: list[str], gpu_memory_mib: list[int], batch_size: int) -> int:
+    """Trials per worker when ``hydra.launcher.pack=null``: :data:`CPU_PACK` without GPUs; with GPUs,
+    as many as half the smallest GPU's memory holds (:func:`trial_bytes`), between 1 and
+    :data:`GPU_PACK_MAX`."""
+    if not gpus:
+        return CPU_PACK
+    memory = min(gpu_memory_mib) * 2**20 if gpu_memory_mib else 0
+    return max(1, min(GPU_PACK_MAX, memory // 2 // trial_bytes(batch_size)))
+
+
+def gpu_memory_mib() -> list[int]:
+    """Total memory of each visible GPU (``nvidia-smi``), in MiB; [] when it cannot say."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    visible = set(visible_gpus())
+    return [int(mem) for index, mem in (line.split(",") for line in out.splitlines() if "," in line)
+            if index.strip() in visible]
+
+
 def placement(slot: int, n_workers: int, gpus: list[str], cpus: int) -> Placement:
     """The environment of worker ``slot`` (0-based) out of ``n_workers`` running at once.
 

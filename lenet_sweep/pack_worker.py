@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,6 @@ from lenet_sweep.packing import PACKED_KEYS, shared_part, unpackable
 from lenet_sweep.trial import Reporter, TrialPayload
 
 log = logging.getLogger(__name__)
-
-#: seconds a worker that just freed slots waits for the sweeper's next trials before going on
-REFILL_WAIT_S = 3.0
-
 
 def _activation(cfg: DictConfig) -> str:
     return str(getattr(cfg.model.activation, "value", cfg.model.activation))
@@ -78,7 +74,8 @@ class PackWorker:
         self.shared: dict | None = None
         self.splits: data.Splits | None = None
         self.closed = False
-        self.freed = False
+        self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-record")
+        self.recording: list[tuple[Trial, Future]] = []  # trials whose record is queued or running
 
     # -- trials in --------------------------------------------------------------------------------
     def _compose(self, overrides: list[str], idx: int) -> tuple[DictConfig, Path, str]:
@@ -134,17 +131,12 @@ class PackWorker:
         self.slots[slot] = Trial(idx, overrides, cfg, output_dir, payload, reporter, client, run_id, logger)
 
     def _take(self) -> None:
-        """Fill free slots from the inbox: wait while no slot is busy; after slots were freed, wait a
-        little (:data:`REFILL_WAIT_S`) for the sweeper's next trials; otherwise take what is there."""
-        freed_at = time.monotonic()
+        """Fill free slots with the trials waiting in the inbox; block for one only while no slot
+        trains. A freed slot does not wait for the sweeper's next trial (that would stall every slot
+        of the pack): the trial enters at the first epoch boundary after it arrives."""
         while not self.closed and None in self.slots:
-            busy = any(self.slots)
             try:
-                if not busy:
-                    msg = self.inbox.get()
-                else:
-                    left = REFILL_WAIT_S - (time.monotonic() - freed_at) if self.freed else 0
-                    msg = self.inbox.get(timeout=left) if left > 0 else self.inbox.get_nowait()
+                msg = self.inbox.get_nowait() if any(self.slots) else self.inbox.get()
             except queue.Empty:
                 return
             if msg is None:
@@ -186,36 +178,49 @@ class PackWorker:
             self._finish(slot)
 
     def _finish(self, slot: int) -> None:
-        """The trial's test evaluation and record, on its own standard LeNet: the fused graph would
-        evaluate every slot (K times the test set) for each trial that ends."""
-        from lenet_sweep import fast_fit
-        from lenet_sweep.__main__ import objective
-        from lenet_sweep.train import record_end
-
+        """The slot is free at once; the trial's test evaluation and record (on its own standard
+        LeNet: the fused graph would evaluate every slot) run in the recorder thread while the pack
+        trains on, and its result goes to the sweeper when its run is ended."""
         trial = self.slots[slot]
         try:
             trial.logger.close()
             model = self.pack.to_keras(slot, _activation(trial.cfg))
             model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        except Exception as exc:
+            return self._fail(slot, exc)
+        self._release(slot)
+        self.recording.append((trial, self.recorder.submit(self._record, trial, model)))
+
+    def _record(self, trial: Trial, model) -> None:
+        """In the recorder thread: what :func:`lenet_sweep.train.train` records after training."""
+        from lenet_sweep import fast_fit, registry
+        from lenet_sweep.__main__ import objective
+        from lenet_sweep.train import record_end
+
+        try:
             tester = fast_fit.InGraphTrainer(model, trial.cfg.data.batch_size)
             test = tester.evaluate(self.tensors.x_test, self.tensors.y_test)
             metrics = record_end(trial.client, trial.run_id, model, self.splits, trial.logger.history, test,
                                  tester.predict_classes, xla=False, stopped=trial.stopped,
                                  output_dir=trial.output_dir)
             tracking.end_run(trial.client, trial.run_id)
-            from lenet_sweep import registry
-
             registry.register_if_asked(trial.client, trial.run_id, trial.cfg)
             trial.reporter.raise_if_pruned()
             value = objective(metrics, trial.cfg.objective)
         except Exception as exc:
-            return self._fail(slot, exc)
-        self._free(slot, value, None)
+            return self._end(trial, exc)
+        self.emit(trial.idx, trial.overrides, value, None)
 
     def _fail(self, slot: int, exc: BaseException) -> None:
+        trial = self.slots[slot]
+        self._release(slot)
+        self._end(trial, exc)
+
+    def _end(self, trial: Trial, exc: BaseException) -> None:
+        """The trial ends with ``exc``: its run is closed as ``exc`` says (a pruned trial's was ended
+        FINISHED when recorded), and the sweeper hears of it."""
         import optuna
 
-        trial = self.slots[slot]
         trial.logger.close(quiet=True)
         if not isinstance(exc, optuna.TrialPruned):
             if not isinstance(exc, UserError):
@@ -224,32 +229,27 @@ class PackWorker:
                 tracking.end_run(trial.client, trial.run_id, exc)
             except Exception:  # the sweeper closes the run if this could not
                 pass
-        self._free(slot, None, exc)
+        self.emit(trial.idx, trial.overrides, None, exc)
 
-    def _free(self, slot: int, value: float | None, exc: BaseException | None) -> None:
-        trial = self.slots[slot]
-        self.emit(trial.idx, trial.overrides, value, exc)
+    def _release(self, slot: int) -> None:
         self.slots[slot] = None
         self.pack.release(slot)
-        self.freed = True
 
     def run(self) -> None:
         with tracking.sigterm_as_exit():
             try:
                 while True:
                     self._take()
-                    self.freed = False
                     if not any(self.slots):
                         if self.closed:
+                            self.recorder.shutdown(wait=True)
                             return
                         continue
                     self._epoch()
+                    self.recording = [(t, f) for t, f in self.recording if not f.done()]
             except BaseException as exc:  # SIGTERM, Ctrl-C, a crash: no run of this pack stays RUNNING
-                for slot, trial in enumerate(self.slots):
-                    if trial is not None:
-                        trial.logger.close(quiet=True)
-                        try:
-                            tracking.end_run(trial.client, trial.run_id, exc)
-                        finally:
-                            self.emit(trial.idx, trial.overrides, None, exc)
+                self.recorder.shutdown(wait=False, cancel_futures=True)
+                unrecorded = [t for t, f in self.recording if f.cancelled()]
+                for trial in [*filter(None, self.slots), *unrecorded]:
+                    self._end(trial, exc)
                 raise

@@ -33,3 +33,14 @@ def test_without_gpus_workers_split_the_cores(cpus, n_workers, threads):
                                                   (["0", "1", "2", "3"], 2, 4)])
 def test_default_n_jobs(gpus, cpus, expected):
     assert default_n_jobs(gpus, cpus) == expected
+
+
+def test_default_pack_on_faked_devices():
+    from lenet_sweep.devices import CPU_PACK, GPU_PACK_MAX, default_pack, trial_bytes
+
+    assert default_pack([], [], 32) == CPU_PACK
+    assert default_pack(["0"], [143_771], 32) == GPU_PACK_MAX  # an H200 holds far more than the cap
+    small = 512 * 2**20 // 2 // trial_bytes(256)  # the smaller GPU, 512 MiB, at batch 256: a handful
+    assert 1 < default_pack(["0", "1"], [1024, 512], 256) == small < GPU_PACK_MAX
+    assert default_pack(["0"], [1], 32) == 1  # never 0
+    assert default_pack(["0"], [], 32) == 1  # memory unknown: one trial per worker

@@ -15,6 +15,10 @@ RULES = [
     ("lenet_sweep.trial", ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"]),
     ("lenet_sweep.report", ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"]),
     ("lenet_sweep.sweep.runner", ["tensorflow", "lenet_sweep.train", "lenet_sweep.model"]),
+    ("lenet_sweep.sweep.pack_pool", ["tensorflow", "lenet_sweep.train", "lenet_sweep.pack_worker"]),
+    ("lenet_sweep.packing", ["tensorflow", "mlflow", "optuna", "lenet_sweep.sweep"]),
+    ("lenet_sweep.packed", ["mlflow", "optuna", "lenet_sweep.sweep", "lenet_sweep.tracking"]),
+    ("lenet_sweep.pack_worker", ["lenet_sweep.sweep"]),
     ("hydra_plugins.lenet_sweep_optuna.optuna_sweeper", ["tensorflow", "lenet_sweep.train"]),
     ("hydra_plugins.lenet_sweep_optuna.pool_launcher", ["tensorflow", "lenet_sweep.train"]),
 ]

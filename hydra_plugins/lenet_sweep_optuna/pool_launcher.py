@@ -21,7 +21,9 @@ class PoolLauncherConf:
     _target_: str = "hydra_plugins.lenet_sweep_optuna.pool_launcher.PoolLauncher"
     n_workers: Optional[int] = None  # null: the sweeper's n_jobs
     asynchronous: bool = True  # false: the sweeper launches batches and waits for each (a baseline)
-    pack: int = 1  # trials per worker trained as one fused graph (lenet_sweep.packed); 1: unpacked
+    # trials per worker trained as one fused graph (lenet_sweep.packed); 1: unpacked; null: chosen from
+    # the devices (lenet_sweep.devices.default_pack)
+    pack: Optional[int] = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=PoolLauncherConf,
@@ -29,7 +31,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=Poo
 
 
 class PoolLauncher(Launcher):
-    def __init__(self, n_workers: Optional[int] = None, asynchronous: bool = True, pack: int = 1) -> None:
+    def __init__(self, n_workers: Optional[int] = None, asynchronous: bool = True,
+                 pack: Optional[int] = 1) -> None:
         self.n_workers, self.asynchronous, self.pack = n_workers, asynchronous, pack
         self.pool = None
 

@@ -109,6 +109,11 @@ class SweepRunner:
                 sys.exit(f"error: hydra/sweeper/pruner={self.pruner_name}: {reason}")
             sys.exit(f"error: {reason}")
         self.pack = getattr(launcher, "pack", 1)
+        if self.pack is None:  # hydra.launcher.pack=null: from the devices
+            gpus = devices.visible_gpus()
+            self.pack = launcher.pack = devices.default_pack(gpus, devices.gpu_memory_mib() if gpus else [],
+                                                             config.data.batch_size)
+            log.info(f"hydra.launcher.pack={self.pack} (chosen for {'GPU' if gpus else 'CPU'})")
         if self.pack < 1 or (self.pack > 1 and not launcher.asynchronous):
             sys.exit(f"error: hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
                      "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
