@@ -40,14 +40,18 @@ def visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    return [line.strip() for line in _nvidia_smi("index") if line.strip()]
+
+
+def _nvidia_smi(fields: str) -> list[str]:
+    """``nvidia-smi``'s CSV lines for ``fields`` of every GPU; [] without it or when it fails."""
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
     except (subprocess.SubprocessError, OSError):
         return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def default_n_jobs(gpus: list[str], cpus: int) -> int:
@@ -81,16 +85,9 @@ def default_pack(gpus: list[str], gpu_memory_mib: list[int], batch_size: int) ->
 
 def gpu_memory_mib() -> list[int]:
     """Total memory of each visible GPU (``nvidia-smi``), in MiB; [] when it cannot say."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
     visible = set(visible_gpus())
-    return [int(mem) for index, mem in (line.split(",") for line in out.splitlines() if "," in line)
-            if index.strip() in visible]
+    return [int(mem) for index, mem in (line.split(",") for line in _nvidia_smi("index,memory.total")
+                                        if "," in line) if index.strip() in visible]
 
 
 def placement(slot: int, n_workers: int, gpus: list[str], cpus: int) -> Placement:

@@ -18,21 +18,22 @@ import logging
 import math
 import queue
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import run_job
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from lenet_sweep import data, devices, tracking
-from lenet_sweep.config import ConfigError, TrainingDiverged, UserError, validate
+from lenet_sweep.config import ConfigError, UserError, validate
 from lenet_sweep.model import format_shape_table
 from lenet_sweep.packed import PackedLeNet, SlotParams
 from lenet_sweep.packing import PACKED_KEYS, shared_part, unpackable
 from lenet_sweep.trial import Reporter, TrialPayload
 
 log = logging.getLogger(__name__)
+
 
 def _activation(cfg: DictConfig) -> str:
     return str(getattr(cfg.model.activation, "value", cfg.model.activation))
@@ -53,7 +54,6 @@ class Trial:
     logger: Any  # lenet_sweep.train.EpochLogger
     epoch: int = 0
     stopped: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 class PackWorker:
@@ -147,6 +147,8 @@ class PackWorker:
             try:
                 self._start(slot, idx, overrides)
             except Exception as exc:  # this trial fails; the pack goes on
+                if self.pack is not None:
+                    self.pack.release(slot)
                 log.warning("trial job %s failed before training: %s", idx, tracking.error_line(exc))
                 self.emit(idx, overrides, None, exc)
 
@@ -154,15 +156,14 @@ class PackWorker:
     def _epoch(self) -> None:
         for trial in filter(None, self.slots):
             trial.logger.on_epoch_begin(trial.epoch)
-        train = self.pack.train_epoch(self.slots[0].cfg.trainer.steps_per_execution
-                                      if self.slots[0] else 100)
+        spe = next(filter(None, self.slots)).cfg.trainer.steps_per_execution  # the same in a pack
+        train = self.pack.train_epoch(spe)
         val, _ = self.pack.evaluate(self.tensors.x_val, self.tensors.y_val)
         done = []
         for slot, trial in enumerate(self.slots):
             if trial is None:
                 continue
             logs = {**train[slot], **{f"val_{k}": v for k, v in val[slot].items()}}
-            trial.history.append(logs)
             try:
                 trial.logger.on_epoch_end(trial.epoch, logs)  # raises TrainingDiverged on NaN
                 value = logs.get(trial.payload.monitor)
