@@ -60,9 +60,10 @@ def default_n_jobs(gpus: list[str], cpus: int) -> int:
     return len(gpus) if gpus else max(1, cpus // 2)
 
 
-#: trials per worker with ``hydra.launcher.pack=null`` on a CPU: the best of benchmarks/packed_sweep.py
-#: on a 2-core EPYC (docs/benchmarks.md); on a GPU as many as half its memory holds, at most GPU_PACK_MAX
-CPU_PACK = 8
+#: trials per worker with ``hydra.launcher.pack=null`` on a CPU: the shortest wall time of
+#: benchmarks/packed_sweep.py on a 2-core EPYC (docs/benchmarks.md: larger packs train more epochs per
+#: minute but prune less); on a GPU as many as half its memory holds, at most GPU_PACK_MAX
+CPU_PACK = 4
 GPU_PACK_MAX = 64
 
 

@@ -1,5 +1,6 @@
 """Packed sweeps (hydra.launcher.pack=K) end to end: real CLI subprocesses, journal storage, MLflow."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -69,10 +70,13 @@ def test_a_pruned_slot_takes_the_next_trial_while_its_neighbour_trains(tmp_path,
 
 
 def test_a_space_that_varies_other_keys_runs_unpacked_and_says_why(tmp_path, client):
-    proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=4", "data.batch_size=choice(32, 64)",
+    """With hydra.launcher.pack=null (chosen from the devices: lenet_sweep.devices.default_pack)."""
+    proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=null", "data.batch_size=choice(32, 64)",
                               n_trials=1), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("hydra.launcher.pack=4: trials not packed (the search space varies data.batch_size; a pack "
+    [pack] = re.findall(r"hydra.launcher.pack=(\d+) \(chosen for (?:CPU|GPU)\)", proc.stdout)
+    assert int(pack) > 1
+    assert (f"hydra.launcher.pack={pack}: trials not packed (the search space varies data.batch_size; a pack "
             "varies only optimizer.lr, optimizer.momentum, optimizer.nesterov, model.activation, "
             "trainer.epochs, seed); one trial per worker") in proc.stdout
     children = parents_and_children(client)[1]
