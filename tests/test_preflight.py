@@ -38,6 +38,7 @@ def assert_nothing_created(tmp_path):
     ("hydra.launcher.n_workers=1 hydra.sweeper.n_jobs=2",
      ["hydra.launcher.n_workers=1 is fewer than the 2 trials hydra.sweeper.n_jobs runs at once"]),
     ("hydra.sweep.dir=/proc/nope/multirun", ["hydra.sweep.dir: cannot write in /proc/nope/multirun"]),
+    ("hydra.launcher.pack=0", ["hydra.launcher.pack=0 is invalid: trials per worker must be >= 1"]),
     ("hydra.sweeper.sampler=grid", ["hydra.sweeper.sampler=grid is now a config group: write "
                                     "hydra/sweeper/sampler=grid"]),
     ("hydra.sweeper.pruner.name=none", ["write hydra/sweeper/pruner=none"]),

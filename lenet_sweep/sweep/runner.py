@@ -121,8 +121,9 @@ class SweepRunner:
         self.n_jobs = self.s["n_jobs"] or workers * self.pack
         n_workers = getattr(launcher, "n_workers", None)
         if n_workers is not None and n_workers * self.pack < self.n_jobs:
-            sys.exit(f"error: hydra.launcher.n_workers={n_workers} (x hydra.launcher.pack={self.pack}) "
-                     f"is fewer than the {self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
+            slots = f" (x hydra.launcher.pack={self.pack} trials each)" if self.pack > 1 else ""
+            sys.exit(f"error: hydra.launcher.n_workers={n_workers}{slots} is fewer than the "
+                     f"{self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
                      f"hydra.launcher.n_workers null (it follows n_jobs) or set both to the same number")
         self.pool_launcher = launcher if hasattr(launcher, "start") else None  # lenet_pool
         if getattr(launcher, "asynchronous", False):
