@@ -27,16 +27,12 @@ from omegaconf import DictConfig, open_dict
 
 from lenet_sweep import data, devices, tracking
 from lenet_sweep.config import ConfigError, UserError, validate
-from lenet_sweep.model import format_shape_table
+from lenet_sweep.model import _name, format_shape_table
 from lenet_sweep.packed import PackedLeNet, SlotParams
 from lenet_sweep.packing import PACKED_KEYS, shared_part, unpackable
 from lenet_sweep.trial import Reporter, TrialPayload
 
 log = logging.getLogger(__name__)
-
-
-def _activation(cfg: DictConfig) -> str:
-    return str(getattr(cfg.model.activation, "value", cfg.model.activation))
 
 
 @dataclass
@@ -62,7 +58,7 @@ class PackWorker:
     exception the job would have raised: ``optuna.TrialPruned`` for a pruned trial)."""
 
     def __init__(self, context: tuple, size: int, inbox, emit):
-        self.hydra_context, self.config, self.task_function, singleton_state = context
+        self.hydra_context, self.config, _, singleton_state = context  # the task is trained here, packed
         from hydra.core.singleton import Singleton
         from hydra.core.utils import setup_globals
 
@@ -113,10 +109,9 @@ class PackWorker:
             raise ConfigError("this trial differs from its pack in more than "
                               f"{', '.join(PACKED_KEYS)}: run it with hydra.launcher.pack=1")
         params = SlotParams(lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
-                            nesterov=cfg.optimizer.nesterov, activation=_activation(cfg))
+                            nesterov=cfg.optimizer.nesterov, activation=_name(cfg.model.activation))
         reporter = Reporter(payload)
-        self.pack.assign(slot, params, cfg.seed)
-        model = self.pack.to_keras(slot, params.activation)
+        model = self.pack.assign(slot, params, cfg.seed)  # its initial model: for the record
         client = tracking.client_for(cfg.mlflow)
         run_id = payload.run_id
         tags = {"hydra.overrides": tracking.redact(task_overrides), "device": self.device,
@@ -185,7 +180,7 @@ class PackWorker:
         trial = self.slots[slot]
         try:
             trial.logger.close()
-            model = self.pack.to_keras(slot, _activation(trial.cfg))
+            model = self.pack.to_keras(slot, _name(trial.cfg.model.activation))
             model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         except Exception as exc:
             return self._fail(slot, exc)

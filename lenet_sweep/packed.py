@@ -77,11 +77,12 @@ class PackedLeNet:
             tf.TensorSpec([None, *x.shape[1:]], self.x.dtype), tf.TensorSpec([None], self.y.dtype)])
 
     # -- slots --------------------------------------------------------------------------------
-    def assign(self, slot: int, params: SlotParams, seed: int) -> None:
+    def assign(self, slot: int, params: SlotParams, seed: int) -> keras.Sequential:
         """Start a new trial in ``slot``: the weights a standalone run with ``seed`` starts from,
-        fresh optimizer state, the trial's hyperparameters and its own batch-order generator."""
+        fresh optimizer state, the trial's hyperparameters and its own batch-order generator.
+        Returns that standalone run's initial model."""
         keras.utils.set_random_seed(seed)
-        reference = build_lenet(self.model_cfg, tuple(self.x.shape[1:]))
+        reference = self._lenet(params.activation)
         for var, vel, value in zip(self.weights, self.velocity, reference.weights):
             var[slot].assign(keras.ops.convert_to_numpy(value))
             vel[slot].assign(tf.zeros(value.shape))
@@ -90,6 +91,11 @@ class PackedLeNet:
         self.nesterov[slot].assign(bool(params.nesterov))
         self.relu[slot].assign(_name(params.activation) == "relu")
         self.rngs[slot] = np.random.default_rng(seed)
+        return reference
+
+    def _lenet(self, activation: str) -> keras.Sequential:
+        return build_lenet(OmegaConf.merge(self.model_cfg, {"activation": _name(activation)}),
+                           tuple(self.x.shape[1:]))
 
     def release(self, slot: int) -> None:
         """Leave ``slot`` empty: it still computes (the graph is fixed) but never changes."""
@@ -103,8 +109,7 @@ class PackedLeNet:
 
     def to_keras(self, slot: int, activation: str) -> keras.Sequential:
         """A standard LeNet holding ``slot``'s weights (``save_weights`` writes a usual file)."""
-        model = build_lenet(OmegaConf.merge(self.model_cfg, {"activation": activation}),
-                            tuple(self.x.shape[1:]))
+        model = self._lenet(activation)
         model.set_weights(self.slot_weights(slot))
         return model
 
