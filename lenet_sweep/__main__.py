@@ -52,11 +52,11 @@ def _traceback_to_log_file(exc: BaseException) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        validate(cfg)  # before TensorFlow is imported
-        from lenet_sweep.quiet import startup_lines_filtered
+        validate(cfg)  # before TensorFlow is imported, as are the store checks:
+        from lenet_sweep import tracking
 
-        with startup_lines_filtered():
-            from lenet_sweep.train import train
+        tracking.check_store(cfg.mlflow)  # an unreachable tracking store is one line, in a second
+        from lenet_sweep.train import train  # imports TensorFlow, its start-up lines filtered
 
         payload = None
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep trial has its payload in its folder

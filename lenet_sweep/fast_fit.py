@@ -22,7 +22,10 @@ import logging
 import time
 from typing import Sequence
 
-import keras
+from lenet_sweep.quiet import import_tensorflow
+
+import_tensorflow()  # first: TensorFlow's C++ start-up lines filtered (lenet_sweep.quiet)
+import keras  # noqa: E402
 import numpy as np
 import tensorflow as tf
 

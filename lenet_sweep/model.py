@@ -3,7 +3,10 @@ MLflow or Optuna."""
 
 from __future__ import annotations
 
-import keras
+from lenet_sweep.quiet import import_tensorflow
+
+import_tensorflow()  # first: TensorFlow's C++ start-up lines filtered (lenet_sweep.quiet)
+import keras  # noqa: E402
 from keras import layers
 
 

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras
+from lenet_sweep.quiet import import_tensorflow
+
+import_tensorflow()  # first: TensorFlow's C++ start-up lines filtered (lenet_sweep.quiet)
+import keras  # noqa: E402
 import numpy as np
 import tensorflow as tf
 from omegaconf import OmegaConf

@@ -1,10 +1,25 @@
 """TensorFlow's C++ start-up lines off the terminal.
 
 ``TF_CPP_MIN_LOG_LEVEL`` does not reach the lines TensorFlow's C++ code writes before its logging is
-initialised ("All log messages before absl::InitializeLog() ...", "Could not find cuda drivers",
-"failed call to cuInit"): they go straight to file descriptor 2. :func:`startup_lines_filtered` runs
-a block (the import, the first device query) with fd 2 read through a pipe and drops exactly those
-lines; everything else is passed on unchanged.
+initialised: they go straight to file descriptor 2, and which ones appear depends on the machine.
+Seen on this project's machines:
+
+- every machine: ``WARNING: All log messages before absl::InitializeLog() is called are written to
+  STDERR``, ``cudart_stub.cc:… Could not find cuda drivers on your machine``, ``cuda_platform.cc:…
+  failed call to cuInit`` (the first device query), ``cuda_dnn.cc``/``cuda_blas.cc`` ``Unable to
+  register`` (GPU wheels);
+- Intel Xeons with AVX512-VNNI/BF16/AMX (oneDNN on by default there; ``TF_ENABLE_ONEDNN_OPTS=1``
+  shows it anywhere): ``port.cc:… oneDNN custom operations are on. You may see slightly different
+  numerical results …``;
+- without ``TF_CPP_MIN_LOG_LEVEL``: ``cpu_feature_guard.cc:… This TensorFlow binary is optimized …``
+  and its second line ``To enable the following instructions: …``.
+
+:func:`startup_lines_filtered` runs a block (the import, the first device query) with fd 2 read
+through a pipe and drops exactly those lines: the ones above, and any other INFO or WARNING line in
+absl's format (``I0000 00:00:… file.cc:NN] …``), which is what ``TF_CPP_MIN_LOG_LEVEL=2`` asks for but
+cannot reach. Errors (``E…``) and everything else are passed on unchanged. :func:`import_tensorflow`
+is the one filtered import; every module that imports TensorFlow or Keras at its top calls it first,
+so the first import in any process (a single run, a sweep worker, rerun, the registry) is filtered.
 """
 
 from __future__ import annotations
@@ -18,13 +33,21 @@ from typing import Iterator
 
 STARTUP_NOISE = re.compile(
     rb"All log messages before absl::InitializeLog\(\) is called"
+    rb"|^[IW]\d{4} [\d:.]+ +\d+ [\w./-]+\.cc:\d+\] "  # absl INFO/WARNING lines before logging is set up
+    rb"|oneDNN custom operations are on"
+    rb"|^To enable the following instructions:"  # cpu_feature_guard's second line
     rb"|cudart_stub\.cc.*Could not find cuda drivers"
     rb"|cuda_platform\.cc.*failed call to cuInit"
-    rb"|cuda_dnn\.cc.*Unable to register|cuda_blas\.cc.*Unable to register")
+    rb"|cuda_dnn\.cc.*Unable to register|cuda_blas\.cc.*Unable to register|cuda_fft\.cc.*Unable to register")
+
+_active = threading.local()
 
 
 @contextlib.contextmanager
 def startup_lines_filtered() -> Iterator[None]:
+    if getattr(_active, "on", False):  # nested (an import inside a filtered block): already filtered
+        yield
+        return
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -43,10 +66,22 @@ def startup_lines_filtered() -> Iterator[None]:
 
     thread = threading.Thread(target=pump, daemon=True, name="stderr-filter")
     thread.start()
+    _active.on = True
     try:
         yield
     finally:
+        _active.on = False
         sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last write end: the pump drains and ends
         thread.join(timeout=5)
         os.close(saved)
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and Keras with their start-up lines filtered; a no-op once imported."""
+    if "tensorflow" in sys.modules and "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with startup_lines_filtered():
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401

@@ -79,10 +79,10 @@ class Registration:
 
 def serving_model(cfg: DictConfig, weights: str | Path):
     """The run's network with its weights, taking raw 0-255 pixels and giving probabilities."""
+    from lenet_sweep.model import build_lenet  # first: TensorFlow's start-up lines filtered
+
     import keras
     from keras import layers
-
-    from lenet_sweep.model import build_lenet
 
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True))
     sigmoid_out = model_cfg.output_activation == "sigmoid"

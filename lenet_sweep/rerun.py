@@ -225,10 +225,8 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
                                run_name=f"{original.info.run_name}-rerun", tags=new_tags).info.run_id
     try:
         with tracking.sigterm_as_exit():  # a kill before train() opens the run still closes it
-            from lenet_sweep.quiet import startup_lines_filtered
+            from lenet_sweep.train import train  # TensorFlow's start-up lines filtered (quiet.py)
 
-            with startup_lines_filtered():  # TensorFlow's C++ start-up lines, as python -m lenet_sweep
-                from lenet_sweep.train import train
             train(cfg, run_id=new_id)
     except BaseException as exc:
         if client.get_run(new_id).info.status == "RUNNING":  # failed before train() opened it

@@ -10,7 +10,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
-import keras
+from lenet_sweep.quiet import import_tensorflow
+
+import_tensorflow()  # first: TensorFlow's C++ start-up lines filtered (lenet_sweep.quiet)
+import keras  # noqa: E402
 import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf

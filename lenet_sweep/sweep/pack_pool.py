@@ -46,10 +46,7 @@ def _emit(idx: int, overrides: list[str], value: Any, exc: BaseException | None)
 
 
 def _run_pack(context: bytes, size: int) -> None:
-    from lenet_sweep.quiet import startup_lines_filtered
-
-    with startup_lines_filtered():
-        from lenet_sweep.pack_worker import PackWorker
+    from lenet_sweep.pack_worker import PackWorker  # TensorFlow's start-up lines filtered (quiet.py)
 
     PackWorker(cloudpickle.loads(context), size, _INBOX, _emit).run()
 
