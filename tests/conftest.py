@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -118,3 +120,52 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def sweep_args(tmp_path, *extra, n_trials=3):
+    """A sweep on tiny data whose stores (journal, SQLite, sweep folder) are all in ``tmp_path``."""
+    return ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", *TINY,
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"hydra.sweeper.storage={tmp_path}/optuna.journal", f"hydra.sweep.dir={tmp_path}/multirun",
+            *extra]
+
+
+def load(tmp_path, name="lenet_sweep"):
+    import optuna
+
+    from lenet_sweep.stores import open_optuna_storage
+    return optuna.load_study(study_name=name, storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))
+
+
+def parents_and_children(client):
+    runs = all_runs(client)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+#: no trial of this space diverges (sigmoid, momentum < 0.5): every trial completes
+CALM = ["model.activation=sigmoid", "optimizer.momentum=interval(0.0, 0.5)"]
+
+
+@pytest.fixture(scope="session")
+def calm_sweep(tmp_path_factory):
+    """One three-trial sweep of the CALM space with the default launcher (its report and registered
+    winner included), run once per session for the tests that read what a finished sweep left
+    (``test_sweep``, ``test_report``, ``test_rerun``; marked ``xdist_group("calm_sweep")`` so one
+    pytest-xdist worker runs it once). Read it, never write to it: a test that adds runs or trials
+    works on a copy (:func:`copy_sweep`)."""
+    folder = tmp_path_factory.mktemp("calm_sweep")
+    proc = run_cli(sweep_args(folder, *CALM), folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return SimpleNamespace(folder=folder, proc=proc, uri=f"sqlite:///{folder}/mlflow.db")
+
+
+def copy_sweep(sweep, folder: Path) -> MlflowClient:
+    """The shared sweep's stores (journal, SQLite, sweep folder) copied into ``folder``; a client of
+    the copy. Its runs' artifacts stay where the original wrote them (MLflow records absolute
+    artifact URIs): new runs of the copy write theirs there too, beside, never over, the original's."""
+    for name in ("optuna.journal", "mlflow.db", "multirun"):
+        src = sweep.folder / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, folder / name)
+    return MlflowClient(f"sqlite:///{folder}/mlflow.db")

@@ -1,11 +1,13 @@
 """Pruning and asynchronous scheduling through the long-lived worker pool (the default launcher)."""
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from conftest import all_runs, run_cli
+from conftest import all_runs, run_cli, sweep_args
 from lenet_sweep.stores import open_optuna_storage
-from test_sweep import sweep_args
+
+pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
 
 NOTEBOOK = {"optimizer.momentum": 0.0, "optimizer.nesterov": False}
 
@@ -51,13 +53,13 @@ def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client)
 
 def test_a_free_worker_starts_the_next_trial_without_waiting_for_the_slow_one(tmp_path, client):
     base = {**NOTEBOOK, "optimizer.lr": 0.1, "model.activation": "sigmoid"}
-    enqueue(tmp_path, {**base, "trainer.epochs": 80}, *[{**base, "trainer.epochs": 1}] * 3)
+    enqueue(tmp_path, {**base, "trainer.epochs": 40}, *[{**base, "trainer.epochs": 1}] * 3)
     proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none",
-                              "data.train_limit=2000", "trainer.epochs=choice(1,80)", n_trials=4), tmp_path)
+                              "data.train_limit=2000", "trainer.epochs=choice(1,40)", n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="lenet_sweep", storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
-    assert [t.params["trainer.epochs"] for t in study.trials] == [80, 1, 1, 1]
+    assert [t.params["trainer.epochs"] for t in study.trials] == [40, 1, 1, 1]
     slow_end = study.trials[0].datetime_complete
     # no batch barrier: trial 2 started on the free worker while trial 0 still ran
     assert study.trials[2].datetime_start < slow_end, intervals(study)

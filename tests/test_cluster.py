@@ -27,6 +27,7 @@ def test_slurm_launcher_composes_with_our_sweeper():
     assert hydra["runtime"]["choices"]["hydra/launcher"] == "submitit_slurm"
 
 
+@pytest.mark.sweep
 def test_sweep_through_submitit_local_runs_a_batch_and_logs_no_password(tmp_path, client, mlflow_uri):
     """submitit's local executor stands in for Slurm: same launcher code, jobs as local processes."""
     sweep_dir = tmp_path / "multirun"

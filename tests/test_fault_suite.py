@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

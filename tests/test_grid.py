@@ -1,9 +1,11 @@
 """Grid sweeps: n_trials capped at the grid, the seed trial only as a full grid point, every point run."""
 
+import pytest
 from optuna.trial import TrialState
 
-from conftest import all_runs, run_cli
-from test_sweep import load, sweep_args
+from conftest import all_runs, load, run_cli, sweep_args
+
+pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
 
 
 def test_pure_grid_runs_every_point_once_and_finishes(tmp_path, client):

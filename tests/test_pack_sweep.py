@@ -9,13 +9,10 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from conftest import all_runs, child_pids, compose_cfg
+from conftest import CALM, all_runs, child_pids, compose_cfg, load, parents_and_children, run_cli, sweep_args
 from lenet_sweep import tracking
-from test_sweep import load, parents_and_children, run_cli, sweep_args
 
-#: no trial of this space diverges (test_sweep): every one completes
-CALM = ["model.activation=sigmoid", "optimizer.momentum=interval(0.0, 0.5)"]
-
+pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
 
 def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
     proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=4", "hydra.sweeper.n_jobs=4",

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
-from test_sweep import sweep_args
+from conftest import run_cli, sweep_args
 
 
 def closed_port() -> int:

@@ -8,12 +8,12 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import all_runs, run_cli
+from conftest import parents_and_children
 from lenet_sweep import report
 from lenet_sweep.stores import open_optuna_storage
-from test_sweep import parents_and_children, sweep_args
 
 PLOTS = ["optimization_history.png", "slice.png", "parallel_coordinate.png", "param_importances.png",
          "timeline.png"]
@@ -32,12 +32,13 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [line.split() for line in lines[start + 1:] if line.strip() and not line.startswith("wrote ")]
 
 
-def test_three_trial_sweep_report(tmp_path, client):
-    # a space where no trial diverges (normalised pixels, small steps): every row is a COMPLETE one
-    proc = run_cli(sweep_args(tmp_path, "data.normalize=true", "optimizer.lr=tag(log, interval(0.001, 0.05))",
-                              "optimizer.momentum=interval(0.0, 0.5)"), tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep_dir = tmp_path / "multirun"
+@pytest.mark.sweep
+@pytest.mark.xdist_group("calm_sweep")
+def test_three_trial_sweep_report(calm_sweep, tmp_path):
+    # the shared sweep's space: no trial diverges, every row is a COMPLETE one (conftest.CALM)
+    store = calm_sweep.folder
+    client = MlflowClient(calm_sweep.uri)
+    sweep_dir = store / "multirun"
     for name in [report.TABLE_CSV, report.TABLE_MD, *PLOTS]:  # the sweeper wrote its report
         assert (sweep_dir / name).stat().st_size > 0, name
     [parent], children = parents_and_children(client)
@@ -46,8 +47,8 @@ def test_three_trial_sweep_report(tmp_path, client):
     assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
     out = tmp_path / "report"
-    proc = run_report("study_name=lenet_sweep", f"storage={tmp_path}/optuna.journal",
-                      f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"out={out}", cwd=tmp_path)
+    proc = run_report("study_name=lenet_sweep", f"storage={store}/optuna.journal",
+                      f"mlflow.tracking_uri={calm_sweep.uri}", f"out={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 trials: 3 COMPLETE" in proc.stdout.splitlines()[0]
     rows = table_rows(proc.stdout)
@@ -61,8 +62,8 @@ def test_three_trial_sweep_report(tmp_path, client):
         assert float(r[3]) == pytest.approx(run_ids[r[-1]].data.metrics["val_accuracy"], rel=1e-3)
 
     table = pd.read_csv(out / report.TABLE_CSV)
-    assert list(table.columns[:9]) == ["rank", "trial", "state", "value", "lr", "momentum", "nesterov",
-                                       "activation", "epochs"]
+    # the searched keys by their short names, in the space's order (CALM fixes model.activation)
+    assert list(table.columns[:8]) == ["rank", "trial", "state", "value", "lr", "momentum", "nesterov", "epochs"]
     assert table["epochs"].tolist() == [1, 1, 1] and table["seconds"].gt(0).all()
     assert table["test_accuracy"].between(0, 1).all() and table["value"].is_monotonic_decreasing
     assert (out / report.TABLE_MD).read_text().count("\n| ") == 4  # header + 3 rows

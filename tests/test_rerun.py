@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, all_runs, run_cli
+from conftest import TINY, all_runs, copy_sweep, run_cli
 from lenet_sweep import data, provenance
 
 TIMING = ("epoch_seconds", "samples_per_second", "figures_seconds")
@@ -71,11 +71,12 @@ def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(tmp_path, m
     assert all(r.info.status == "FINISHED" for r in all_runs(client))
 
 
-def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(tmp_path, mlflow_uri, client):
-    proc = run_cli(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
-                    *TINY, f"mlflow.tracking_uri={mlflow_uri}", f"hydra.sweeper.storage={tmp_path}/optuna.journal",
-                    f"hydra.sweep.dir={tmp_path}/multirun"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.sweep
+@pytest.mark.xdist_group("calm_sweep")
+def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(calm_sweep, tmp_path):
+    proc = calm_sweep.proc  # three trials, the default launcher (conftest)
+    client = copy_sweep(calm_sweep, tmp_path)  # the rerun adds a run: to a copy of the shared stores
+    mlflow_uri = client.tracking_uri
     runs = all_runs(client)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     best_id = parent.data.tags["best_trial_run_id"]

@@ -78,6 +78,7 @@ def test_single_run_hides_passwords_everywhere(tmp_path, client, mlflow_uri):
     assert grep_tree(tmp_path, SECRET) == []  # .hydra/*.yaml, the job's log, the SQLite store, mlruns/
 
 
+@pytest.mark.sweep
 @pytest.mark.postgres
 def test_sweep_with_a_password_in_the_storage_url_shows_it_nowhere(tmp_path, client, mlflow_uri,
                                                                    pg_url, monkeypatch):
@@ -104,6 +105,7 @@ def test_sweep_with_a_password_in_the_storage_url_shows_it_nowhere(tmp_path, cli
     assert grep_tree(tmp_path, SECRET) == []
 
 
+@pytest.mark.sweep
 @pytest.mark.postgres
 def test_env_interpolated_storage_and_tracking_uri_stay_unresolved(tmp_path, client, mlflow_uri,
                                                                    pg_url):

@@ -11,39 +11,22 @@ import time
 import optuna
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
-from conftest import TINY, alive, all_runs, child_pids, run_cli
+from conftest import (CALM, TINY, alive, all_runs, child_pids, copy_sweep, load, parents_and_children,
+                      run_cli, sweep_args)
 from lenet_sweep.sweep.runner import SweepRunner
 
 
-def sweep_args(tmp_path, *extra, n_trials=3):
-    return ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", *TINY,
-            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-            f"hydra.sweeper.storage={tmp_path}/optuna.journal", f"hydra.sweep.dir={tmp_path}/multirun",
-            *extra]
-
-
-def load(tmp_path, name="lenet_sweep"):
-    from lenet_sweep.stores import open_optuna_storage
-    return optuna.load_study(study_name=name, storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))
-
-
-def parents_and_children(client):
-    runs = all_runs(client)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
-
-
-def test_three_trial_sweep_then_resume_adds_exactly_one(tmp_path, client):
-    # sigmoid and momentum < 0.5: no trial of this space diverges, every one completes
-    calm = ["model.activation=sigmoid", "optimizer.momentum=interval(0.0, 0.5)"]
-    proc = run_cli(sweep_args(tmp_path, *calm), tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    study = load(tmp_path)
+@pytest.mark.sweep
+@pytest.mark.xdist_group("calm_sweep")
+def test_three_trial_sweep_then_resume_adds_exactly_one(calm_sweep, tmp_path):
+    proc, folder = calm_sweep.proc, calm_sweep.folder  # 3 trials of the CALM space (conftest)
+    client = MlflowClient(calm_sweep.uri)
+    study = load(folder)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert study.trials[0].params == {"optimizer.lr": 0.9, "optimizer.momentum": 0.0,
                                       "optimizer.nesterov": False}  # the notebook's
@@ -51,7 +34,7 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(tmp_path, client):
     # the console: one line per trial, no model table (trainer.verbose=0), no TensorFlow start-up lines
     assert "output shape" not in proc.stdout  # no model table
     assert not [line for line in proc.stdout.splitlines() if "mlflow_run_id=" in line]  # no run result lines
-    assert "cudart_stub" not in proc.stderr and "absl::InitializeLog" not in proc.stderr
+    assert not [word for word in ("cudart_stub", "absl::InitializeLog", "oneDNN") if word in proc.stderr]
 
     [parent], children = parents_and_children(client)
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study_name"] == "lenet_sweep"
@@ -66,15 +49,16 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(tmp_path, client):
     assert parent.data.tags["best_trial_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
     assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
-    results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    results = yaml.safe_load((folder / "multirun" / "optimization_results.yaml").read_text())
     assert results["best_trial"] == study.best_trial.number
     assert results["best_value"] == pytest.approx(study.best_value)
     assert results["best_params"] == study.best_params
-    assert results["output_dir"] == str(tmp_path / "multirun" / str(study.best_trial.number))
+    assert results["output_dir"] == str(folder / "multirun" / str(study.best_trial.number))
     assert results["mlflow_run_id"] == parent.data.tags["best_trial_run_id"]
-    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == ["0", "1", "2"]
+    assert sorted(p.name for p in (folder / "multirun").iterdir() if p.is_dir()) == ["0", "1", "2"]
 
-    proc = run_cli(sweep_args(tmp_path, *calm, n_trials=4), tmp_path)
+    client = copy_sweep(calm_sweep, tmp_path)  # the resume adds to a copy of the shared stores
+    proc = run_cli(sweep_args(tmp_path, *CALM, n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path)
     assert [t.number for t in study.trials] == [0, 1, 2, 3]  # completed trials were not re-run
@@ -84,6 +68,7 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(tmp_path, client):
     assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
 
 
+@pytest.mark.sweep
 def test_failing_and_diverging_trials_are_fail_and_the_sweep_completes(tmp_path, client):
     proc = run_cli(sweep_args(
         tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.enqueue_seed_trial=false",
@@ -112,6 +97,7 @@ def test_failing_and_diverging_trials_are_fail_and_the_sweep_completes(tmp_path,
     assert "Traceback (most recent call last)" in (tmp_path / "multirun" / str(number) / "__main__.log").read_text()
 
 
+@pytest.mark.sweep
 def test_no_completed_trial_ends_with_a_clear_message(tmp_path, client):
     proc = run_cli(sweep_args(tmp_path, "model.kernel_size=choice(30)",
                               "hydra.sweeper.max_failure_rate=1.0", n_trials=2), tmp_path)
@@ -122,6 +108,7 @@ def test_no_completed_trial_ends_with_a_clear_message(tmp_path, client):
     assert parent.info.status == "FAILED"
 
 
+@pytest.mark.sweep
 def test_too_many_failures_stop_the_sweep(tmp_path, client):
     proc = run_cli(sweep_args(tmp_path, "model.kernel_size=choice(30)",
                               "hydra.sweeper.max_failure_rate=0.2", n_trials=5), tmp_path)
@@ -145,6 +132,7 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, entry, fragment):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
 
 
+@pytest.mark.sweep
 def test_killed_sweep_leaves_no_running_trial_after_resume(tmp_path, client):
     args = sweep_args(tmp_path, "trainer.epochs=50", "data.train_limit=2000", n_trials=1)
     proc = subprocess.Popen([sys.executable, "-m", "lenet_sweep", *args], cwd=tmp_path,
@@ -228,6 +216,7 @@ def wait_until_training(client, proc, timeout=240):
     pytest.fail("the trial never started")
 
 
+@pytest.mark.sweep
 def test_sigterm_stops_in_one_line_and_retry_failed_reruns_the_trial(tmp_path, client):
     args = sweep_args(tmp_path, "trainer.epochs=50", "data.train_limit=2000", "hydra.sweeper.retry_failed=1",
                       n_trials=1)
@@ -290,6 +279,7 @@ def test_a_failure_between_ask_and_launch_leaves_nothing_running(tmp_path, clien
     assert child.info.status == "KILLED" and child.data.tags["optuna.trial_state"] == "FAIL"
 
 
+@pytest.mark.sweep
 def test_lenet_pool_under_another_sweeper_starts_no_more_workers_than_its_size(tmp_path, client):
     from lenet_sweep import devices
 

@@ -38,6 +38,7 @@ def finish(proc, tmp_path, name, timeout=600):
     assert proc.wait(timeout=timeout) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
 
 
+@pytest.mark.sweep
 def test_two_workers_share_the_total_exactly(tmp_path, pg_url, pg_mlflow_url):
     procs = [worker(tmp_path, f"w{i}", pg_url, pg_mlflow_url) for i in range(2)]
     for i, proc in enumerate(procs):
@@ -66,6 +67,7 @@ def heartbeats(pg_url) -> int:
         engine.dispose()
 
 
+@pytest.mark.sweep
 def test_a_sweeper_killed_on_another_host_fails_by_heartbeat_and_the_survivor_completes(
         tmp_path, pg_url, pg_mlflow_url):
     if shutil.which("unshare") is None or os.geteuid() != 0:
@@ -106,6 +108,7 @@ def test_a_sweeper_killed_on_another_host_fails_by_heartbeat_and_the_survivor_co
         tmp_path / "survivor.log").read_text()
 
 
+@pytest.mark.sweep
 def test_retry_failed_requeues_the_dead_workers_trial(tmp_path, pg_url, pg_mlflow_url):
     beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
     storage = optuna.storages.RDBStorage(pg_url, heartbeat_interval=1, grace_period=3)
