@@ -161,11 +161,32 @@ def calm_sweep(tmp_path_factory):
     return SimpleNamespace(folder=folder, proc=proc, uri=f"sqlite:///{folder}/mlflow.db")
 
 
+#: in the shared single run's config and Hydra environment: no file, tag or line may show it
+SECRET = "s3cret"
+
+
+@pytest.fixture(scope="session")
+def single_run(tmp_path_factory):
+    """One tiny CLI run (``optimizer.lr=0.5``, a password in a config value and in the job's
+    environment), run once per session for the tests that read what a run left (``test_run``,
+    ``test_secrets``, ``test_rerun``; ``xdist_group("single_run")``). A test that adds runs works on a
+    copy (:func:`copy_sweep`)."""
+    folder = tmp_path_factory.mktemp("single_run")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    proc = run_cli([*TINY, f"mlflow.tracking_uri={uri}", "optimizer.lr=0.5",
+                    f"+note=postgresql://postgres:{SECRET}@127.0.0.1:5432/db",
+                    f"+hydra.job.env_set.LENET_URL=http://u:{SECRET}@h:5000"], folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return SimpleNamespace(folder=folder, proc=proc, uri=uri)
+
+
 def copy_sweep(sweep, folder: Path) -> MlflowClient:
-    """The shared sweep's stores (journal, SQLite, sweep folder) copied into ``folder``; a client of
+    """A shared sweep's or run's stores (journal, SQLite, sweep folder) copied into ``folder``; a client of
     the copy. Its runs' artifacts stay where the original wrote them (MLflow records absolute
     artifact URIs): new runs of the copy write theirs there too, beside, never over, the original's."""
     for name in ("optuna.journal", "mlflow.db", "multirun"):
         src = sweep.folder / name
+        if not src.exists():
+            continue
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, folder / name)
     return MlflowClient(f"sqlite:///{folder}/mlflow.db")

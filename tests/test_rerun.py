@@ -39,9 +39,10 @@ def config_of(client: MlflowClient, run_id: str, tmp_path) -> dict:
     return yaml.safe_load(open(path))
 
 
-def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(tmp_path, mlflow_uri, client):
-    proc = run_cli([*TINY, f"mlflow.tracking_uri={mlflow_uri}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.xdist_group("single_run")
+def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(single_run, tmp_path):
+    client = copy_sweep(single_run, tmp_path)  # the rerun adds a run: to a copy of the shared store
+    mlflow_uri = client.tracking_uri
     [original] = all_runs(client)
     tags = original.data.tags
     for package in ("lenet_sweep", "tensorflow", "keras", "mlflow", "optuna", "python"):
@@ -65,8 +66,10 @@ def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(tmp_path, m
     assert {"test_accuracy", "val_loss", "loss"} <= set(model_metrics(new))
     assert "[rerun] identical: every metric of the rerun equals the original's" in proc.stdout
     assert "test_accuracy" in proc.stdout and "difference" in proc.stdout  # the side-by-side table
-    # the same configuration, from the record
+    # the same configuration, from the record; only the store differs (the rerun went to the copy)
     old_cfg, new_cfg = config_of(client, original.info.run_id, tmp_path), config_of(client, new.info.run_id, tmp_path)
+    assert (old_cfg["mlflow"].pop("tracking_uri"), new_cfg["mlflow"].pop("tracking_uri")) == (
+        single_run.uri, mlflow_uri)
     assert new_cfg == old_cfg
     assert all(r.info.status == "FINISHED" for r in all_runs(client))
 

@@ -4,15 +4,17 @@ import math
 
 import keras
 import pytest
+from mlflow.tracking import MlflowClient
 
 from conftest import TINY, all_runs, compose_cfg, run_cli
 from lenet_sweep.model import build_lenet
 from lenet_sweep.train import train
 
 
-def test_cli_run_lands_in_mlflow(tmp_path, mlflow_uri, client):
-    proc = run_cli([*TINY, f"mlflow.tracking_uri={mlflow_uri}", "optimizer.lr=0.5"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.xdist_group("single_run")
+def test_cli_run_lands_in_mlflow(single_run, tmp_path):
+    proc = single_run.proc  # TINY, optimizer.lr=0.5 (conftest)
+    client = MlflowClient(single_run.uri)
     [run] = all_runs(client)
     assert run.info.status == "FINISHED"
     assert f"mlflow_run_id={run.info.run_id}" in proc.stdout and "test_accuracy=" in proc.stdout
@@ -33,7 +35,7 @@ def test_cli_run_lands_in_mlflow(tmp_path, mlflow_uri, client):
     model = build_lenet(compose_cfg().model)  # the weights load back into the same architecture
     model.load_weights(weights)
     # the run's artifacts live beside the database, not in the working directory's Hydra folder
-    assert (tmp_path / "mlruns").is_dir()
+    assert (single_run.folder / "mlruns").is_dir() and not (single_run.folder / "out" / "mlruns").exists()
 
 
 def test_diverging_run_fails_fast_and_is_marked_failed(tmp_path, mlflow_uri, client):

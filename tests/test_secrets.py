@@ -9,11 +9,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, all_runs, run_cli
+from conftest import SECRET, TINY, all_runs, run_cli
 from lenet_sweep import tracking
 from lenet_sweep.redaction import redact
 
-SECRET = "s3cret"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -61,21 +60,21 @@ def assert_run_clean(client: MlflowClient, run, tmp_path: Path) -> None:
     assert grep_tree(target, SECRET) == []
 
 
-def test_single_run_hides_passwords_everywhere(tmp_path, client, mlflow_uri):
-    url = f"postgresql://postgres:{SECRET}@127.0.0.1:5432/db"
-    proc = run_cli([*TINY, f"mlflow.tracking_uri={mlflow_uri}", f"+note={url}",
-                    f"+hydra.job.env_set.LENET_URL=http://u:{SECRET}@h:5000"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.xdist_group("single_run")
+def test_single_run_hides_passwords_everywhere(single_run, tmp_path):
+    # the shared run has SECRET in +note and in +hydra.job.env_set.LENET_URL (conftest)
+    proc, client = single_run.proc, MlflowClient(single_run.uri)
     assert SECRET not in proc.stdout + proc.stderr
     [run] = all_runs(client)
     assert run.data.params["note"] == "postgresql://postgres:***@127.0.0.1:5432/db"
     assert "+note=postgresql://postgres:***@" in run.data.tags["hydra.overrides"]
     assert_run_clean(client, run, tmp_path)
     assert {".hydra", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-    saved = tmp_path / "out" / ".hydra"
+    saved = single_run.folder / "out" / ".hydra"
     assert "+note=postgresql://postgres:***@" in (saved / "overrides.yaml").read_text()
     assert "http://u:***@h:5000" in (saved / "hydra.yaml").read_text()
-    assert grep_tree(tmp_path, SECRET) == []  # .hydra/*.yaml, the job's log, the SQLite store, mlruns/
+    # .hydra/*.yaml, the job's log, the SQLite store, mlruns/ (and the artifacts downloaded here)
+    assert grep_tree(single_run.folder, SECRET) == [] and grep_tree(tmp_path, SECRET) == []
 
 
 @pytest.mark.sweep
