@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -201,6 +201,16 @@ def log_model(client: MlflowClient, run_id: str) -> str:
     return f"models:/{info.model_id}"
 
 
+def log_model_at(tracking_uri: str, run_id: str) -> str:
+    """:func:`log_model` by URI, for a sweep worker that has TensorFlow loaded (the sweeper hands it
+    its winner, so the sweeper never imports TensorFlow). A failure comes back as one line: unpickling
+    a Keras or TensorFlow exception in the sweeper would import them after all."""
+    try:
+        return log_model(MlflowClient(tracking_uri), run_id)
+    except Exception as exc:  # noqa: BLE001 - the caller prints it and tags the sweep's run
+        raise RegistryError(tracking.error_line(exc, limit=1000)) from None
+
+
 # -- the registry --------------------------------------------------------------------------------
 
 def _accuracy(client: MlflowClient, version) -> float | None:
@@ -228,19 +238,22 @@ def _version_of(client: MlflowClient, name: str, model_uri: str):
 
 
 def register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, Any] | None = None,
-             decision_run_id: str | None = None) -> Registration:
+             decision_run_id: str | None = None,
+             model_logger: Callable[[str], str] | None = None) -> Registration:
     """Register the run's model under ``name`` and apply the champion gate (module docstring);
-    the decision goes to ``decision_run_id`` (default: the run itself)."""
+    the decision goes to ``decision_run_id`` (default: the run itself). ``model_logger(run_id)``
+    logs the model and returns its ``models:/`` URI (default: :func:`log_model` in this process)."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     with _use_tracking_uri(client.tracking_uri):  # MLflow resolves models:/ URIs with the global one
-        return _register(client, run_id, name, tags, decision_run_id)
+        return _register(client, run_id, name, tags, decision_run_id,
+                         model_logger or (lambda rid: log_model(client, rid)))
 
 
 def _register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, Any] | None,
-              decision_run_id: str | None) -> Registration:
+              decision_run_id: str | None, model_logger: Callable[[str], str]) -> Registration:
     start = time.perf_counter()
-    model_uri = log_model(client, run_id)
+    model_uri = model_logger(run_id)
     accuracy = float(client.get_run(run_id).data.metrics["test_accuracy"])
     try:
         client.create_registered_model(name, description="LeNet-5 on Fashion-MNIST (lenet_sweep): "
@@ -302,14 +315,16 @@ def _safely(client: MlflowClient, decision_run_id: str, what: str, call) -> Regi
 
 
 def register_sweep_winner(client: MlflowClient, parent_id: str, best_trial, study_name: str,
-                          mlflow_cfg) -> Registration | None:
+                          mlflow_cfg, model_logger: Callable[[str], str] | None = None) -> Registration | None:
     """At the end of a sweep: register the best trial's run, gate ``champion``, log the decision on
-    the sweep's parent run. Never raises (a completed sweep stays completed)."""
+    the sweep's parent run. Never raises (a completed sweep stays completed). ``model_logger``: a
+    sweep worker's :func:`log_model_at` (the sweeper itself never imports TensorFlow)."""
     run_id = best_trial.user_attrs.get("mlflow_run_id")
     name = mlflow_cfg.get("registered_model") or "lenet_sweep"
     tags = {"study_name": study_name, "trial_number": best_trial.number}
     return _safely(client, parent_id, f"the best trial {best_trial.number} (run {run_id})",
-                   lambda: register(client, run_id, name, tags, decision_run_id=parent_id))
+                   lambda: register(client, run_id, name, tags, decision_run_id=parent_id,
+                                    model_logger=model_logger))
 
 
 def register_if_asked(client: MlflowClient, run_id: str, cfg: DictConfig) -> Registration | None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -86,11 +91,19 @@ def _fresh_database():
         admin.close()
 
 
-def run_cli(args, cwd: Path, timeout=600, env=None) -> subprocess.CompletedProcess:
-    """``python -m lenet_sweep ARGS`` in ``cwd``, outputs under it."""
+#: ``python -m lenet_sweep`` as ``-m`` runs it (runpy), saying at exit whether TensorFlow was imported
+TF_PROBE = ("import atexit, runpy, sys; atexit.register(lambda: print('[probe] tensorflow imported:', "
+            "'tensorflow' in sys.modules, flush=True)); runpy.run_module('lenet_sweep', run_name='__main__', "
+            "alter_sys=True)")
+
+
+def run_cli(args, cwd: Path, timeout=600, env=None, probe_tensorflow=False) -> subprocess.CompletedProcess:
+    """``python -m lenet_sweep ARGS`` in ``cwd``, outputs under it. ``probe_tensorflow``: its last
+    line of stdout says whether this process (not its workers) imported TensorFlow (TF_PROBE)."""
     extra = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={cwd}/out"]
+    entry = ["-c", TF_PROBE] if probe_tensorflow else ["-m", "lenet_sweep"]
     return subprocess.run(
-        [sys.executable, "-m", "lenet_sweep", *args, *extra],
+        [sys.executable, *entry, *args, *extra],
         cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
@@ -156,7 +169,7 @@ def calm_sweep(tmp_path_factory):
     pytest-xdist worker runs it once). Read it, never write to it: a test that adds runs or trials
     works on a copy (:func:`copy_sweep`)."""
     folder = tmp_path_factory.mktemp("calm_sweep")
-    proc = run_cli(sweep_args(folder, *CALM), folder)
+    proc = run_cli(sweep_args(folder, *CALM), folder, probe_tensorflow=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(folder=folder, proc=proc, uri=f"sqlite:///{folder}/mlflow.db")
 
@@ -190,3 +203,73 @@ def copy_sweep(sweep, folder: Path) -> MlflowClient:
             continue
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, folder / name)
     return MlflowClient(f"sqlite:///{folder}/mlflow.db")
+
+
+MLFLOW = Path(sys.executable).with_name("mlflow")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120,
+                 path: str = "/health") -> None:
+    """Until the server ``proc`` answers ``url + path`` with 200 (``mlflow server``: /health,
+    ``mlflow models serve``: /ping); fails the test if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}{path}", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"mlflow server did not answer {url}{path} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it has not stopped within 5 s (its graceful
+    shutdown is not under test; waiting for it cost seconds per server)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its own worker processes
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server_on(backend_uri: str, tmp_path: Path):
+    """A real ``mlflow server`` on ``backend_uri``, artifacts proxied to ``tmp/artifacts``; its URL."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    exe = [str(MLFLOW)] if MLFLOW.exists() else [sys.executable, "-m", "mlflow"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*exe, "server", "--backend-store-uri", backend_uri,
+             "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """One ``mlflow server`` on a fresh PostgreSQL database, artifacts proxied to ``artifacts/``,
+    for the session (a server's start migrates a new schema: seconds). Tests that share it
+    (``xdist_group("tracking_server")``) keep their runs apart by experiment."""
+    folder = tmp_path_factory.mktemp("tracking_server")
+    for url in _fresh_database():
+        with mlflow_server_on(url, folder) as server:
+            yield SimpleNamespace(url=server, artifacts=folder / "artifacts")

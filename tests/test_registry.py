@@ -1,5 +1,5 @@
 """A run's model in MLflow's Keras format, the registry's champion gate, and ``mlflow models serve``:
-real MLflow stores (SQLite in tmp, a real ``mlflow server``), real model files, a real server process."""
+real MLflow stores (SQLite in tmp, a real PostgreSQL-backed ``mlflow server``), real model files, a real server process."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from conftest import TINY, all_runs, compose_cfg
+from conftest import MLFLOW, TINY, all_runs, compose_cfg, free_port, stop, wait_healthy
 from lenet_sweep import PROJECT_ROOT, data, registry
 from lenet_sweep.train import train
-from test_mlflow_server import MLFLOW, free_port, mlflow_server_on, stop, wait_healthy
 
 #: learns something in one tiny epoch, with normalised pixels (the served model then scales them)
 LEARNS = ["model.activation=relu", "optimizer.lr=0.1", "data.normalize=true"]
@@ -148,31 +147,27 @@ def test_champion_gate_on_sqlite(registered, tmp_path, capsys):
     champion_gate(MlflowClient(uri), run_id, tmp_path, capsys)
 
 
-@pytest.fixture
-def sqlite_server(tmp_path):
-    """A real ``mlflow server`` on a SQLite store in tmp (no PostgreSQL needed)."""
-    with mlflow_server_on(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as url:
-        yield url
-
-
-def test_registry_and_champion_on_a_tracking_server(sqlite_server, tmp_path, capsys):
-    train(compose_cfg([*TINY, *LEARNS, f"mlflow.tracking_uri={sqlite_server}", "mlflow.register=true"]))
-    client = MlflowClient(sqlite_server)
+@pytest.mark.postgres
+@pytest.mark.xdist_group("tracking_server")
+def test_registry_and_champion_on_a_tracking_server(tracking_server, tmp_path, capsys):
+    server = tracking_server.url  # PostgreSQL-backed, shared with test_mlflow_server (conftest)
+    train(compose_cfg([*TINY, *LEARNS, f"mlflow.tracking_uri={server}", "mlflow.register=true"]))
+    client = MlflowClient(server)
     [run] = all_runs(client)
     assert run.data.tags["registry.decision"] == "first"
     champion_gate(client, run.info.run_id, tmp_path, capsys)
 
     x, _ = real_test_images(8)
-    model = load_pyfunc(sqlite_server, "models:/lenet_sweep@champion")
+    model = load_pyfunc(server, "models:/lenet_sweep@champion")
     assert model.predict(x).shape == (8, 10)
 
     # a rerun of a run the server does not have: one line naming the id and the URL
     from lenet_sweep import rerun
 
     with pytest.raises(SystemExit) as exit_:
-        rerun.main(["0123456789abcdef0123456789abcdef", f"mlflow.tracking_uri={sqlite_server}"])
+        rerun.main(["0123456789abcdef0123456789abcdef", f"mlflow.tracking_uri={server}"])
     assert str(exit_.value.code) == (f"error: no MLflow run '0123456789abcdef0123456789abcdef' "
-                                     f"in {sqlite_server}")
+                                     f"in {server}")
 
 
 def test_mlflow_models_serve_answers_with_the_champions_classes(registered, tmp_path):

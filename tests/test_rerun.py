@@ -93,6 +93,8 @@ def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(calm_swe
     assert str(client.get_model_version_by_alias("lenet_sweep", "champion").version) == str(version.version)
     assert parent.data.tags["registry.decision"] == "first" and parent.data.metrics["registry_seconds"] > 0
     assert "[registry] lenet_sweep version 1" in proc.stdout
+    # a sweep worker logged the winner's model: the sweeper itself never imported TensorFlow
+    assert proc.stdout.strip().splitlines()[-1] == "[probe] tensorflow imported: False"
 
     # a trial reruns outside the sweep: a new run, not the trial's, with its worker's thread count
     assert best.data.tags["threads.intra_op_setting"] != "0"  # a sweep worker sets its threads

@@ -76,6 +76,12 @@ class PoolLauncher(Launcher):
             returns += [f.result() for f in futures]
         return returns
 
+    def call(self, fn, *args):
+        """``fn(*args)`` in one of the pool's workers; None when it has none (a packed pool's workers
+        are busy with their packs)."""
+        call = getattr(self.pool, "call", None)
+        return None if call is None else call(fn, *args)
+
     def shutdown(self, kill: bool = False) -> None:
         if self.pool is not None:
             self.pool.shutdown(kill=kill)

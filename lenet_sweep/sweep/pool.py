@@ -133,6 +133,12 @@ class WorkerPool:
         inner.add_done_callback(done)
         return outer
 
+    def call(self, fn, *args):
+        """``fn(*args)`` in a started worker (TensorFlow already imported there), waiting for its
+        result; None when no worker is up. The sweeper registers its winner this way."""
+        executor = next((e for e in self.slots if e is not None and not getattr(e, "_broken", False)), None)
+        return None if executor is None else executor.submit(fn, *args).result()
+
     def shutdown(self, kill: bool = False) -> None:
         for executor in self.slots:
             if executor is None:

@@ -201,8 +201,11 @@ class SweepRunner:
             with tracking.open_run(self.client, experiment, run_name=f"sweep-{s['study_name']}",
                                    tags=tags) as parent_id:
                 self.parent_id = parent_id
-                self._loop(study, space, fixed)
-                return self._finish(study)
+                try:
+                    self._loop(study, space, fixed)
+                    return self._finish(study)  # the workers still up: one registers the winner
+                finally:
+                    self.launcher.shutdown()
         except SweepFailed as exc:
             sys.exit(f"error: {exc}")
         except KeyboardInterrupt:
@@ -274,7 +277,6 @@ class SweepRunner:
             raise
         finally:
             heartbeat.stop()
-            launcher.shutdown()
 
     def _timed_out(self, deadline: float | None) -> bool:
         if deadline is None or time.monotonic() <= deadline:
@@ -439,5 +441,22 @@ class SweepRunner:
               f"[sweep] results: {self.sweep_dir / 'optimization_results.yaml'}", flush=True)
         from lenet_sweep import registry  # the winner as a new model version; never raises
 
-        registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow)
+        registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow,
+                                       model_logger=self._model_logger())
         return results
+
+    def _model_logger(self):
+        """The winner's model logged by a sweep worker, which has TensorFlow loaded: this process never
+        imports it (seconds, at the end of every sweep). Without a worker to ask (another launcher, a
+        packed pool), in this process."""
+        from lenet_sweep import registry
+
+        call, uri = getattr(self.pool_launcher, "call", None), self.client.tracking_uri
+        if call is None:
+            return None
+
+        def log_model(run_id: str) -> str:
+            model_uri = call(registry.log_model_at, uri, run_id)
+            return model_uri if model_uri is not None else registry.log_model(self.client, run_id)
+
+        return log_model
