@@ -109,19 +109,27 @@ class InGraphTrainer:
 MEASURED: dict[tuple, bool] = {}
 
 
+#: chunks a measurement takes: each variant once to trace (and compile), then once timed
+MEASURE_CHUNKS = 4
+
+
 class JitChooser:
     """``jit_compile=None``: the first training chunks run with and without XLA, each once to trace
     (and compile) and once timed; the faster per step trains the rest, and later runs of the same
     shape in this process (a sweep worker's next trials) take it without measuring again. Every chunk
-    is a real training chunk: the steps and their order are the same whichever variant runs them."""
+    is a real training chunk: the steps and their order are the same whichever variant runs them.
+    A run of fewer than ``MEASURE_CHUNKS`` chunks (``chunks``) cannot measure, nor win back an XLA
+    compile: it trains without XLA, and nothing is remembered."""
 
-    def __init__(self, model, batch_size: int, x, jit_compile: bool | None):
+    def __init__(self, model, batch_size: int, x, jit_compile: bool | None, chunks: int | None = None):
         self.model, self.batch_size = model, batch_size
         self.key = (batch_size, x.dtype.name, tuple(tuple(v.shape) for v in model.trainable_variables))
         chosen = MEASURED.get(self.key) if jit_compile is None else jit_compile
+        if chosen is None and chunks is not None and chunks < MEASURE_CHUNKS:
+            chosen = False  # too short to measure: no compile to pay for
         # (variant, timed?): each variant once to trace or compile, then once timed
         self.plan = [(True, False), (True, True), (False, False), (False, True)] if chosen is None else []
-        self.jit = bool(chosen)  # the choice; while measuring, the last chunk's (a run too short to choose)
+        self.jit = bool(chosen)  # the choice; while measuring, the last chunk's (a run stopped early)
         self.per_step: dict[bool, float] = {}
         self.trainers: dict[bool, InGraphTrainer] = {}
 
@@ -157,7 +165,7 @@ def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
     n = int(x.shape[0])
     steps = -(-n // batch_size)
     _build(model, x, y)
-    chooser = JitChooser(model, batch_size, x, jit_compile)
+    chooser = JitChooser(model, batch_size, x, jit_compile, chunks=epochs * -(-steps // steps_per_execution))
     rng = np.random.default_rng(seed)
     cbs = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                        model=model, verbose=verbose, epochs=epochs, steps=steps)

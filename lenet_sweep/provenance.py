@@ -103,16 +103,18 @@ def threads() -> dict[str, str]:
 
 def xla_measured(cfg, model, x) -> str:
     """"true" when ``fast_fit`` will time XLA against no XLA on this run's first training chunks
-    (``trainer.jit_compile=null`` and no choice made yet in this process for this shape); call it
-    before training. "unknown" if ``fast_fit`` no longer exposes what this reads."""
+    (``trainer.jit_compile=null``, a run long enough to measure, and no choice made yet in this
+    process for this shape); call it before training. "unknown" if ``fast_fit`` no longer exposes
+    what this reads."""
     tc = cfg.trainer
     if not tc.fast or tc.jit_compile is not None:
         return "false"
     try:
         from lenet_sweep import fast_fit
 
-        key = fast_fit.JitChooser(model, cfg.data.batch_size, x, False).key
-        return str(key not in fast_fit.MEASURED).lower()
+        steps = -(-len(x) // cfg.data.batch_size)
+        chunks = tc.epochs * -(-steps // min(tc.steps_per_execution, steps))
+        return str(fast_fit.JitChooser(model, cfg.data.batch_size, x, None, chunks).plan != []).lower()
     except Exception:
         return "unknown"
 

@@ -152,7 +152,11 @@ def test_jit_compile_null_measures_both_and_keeps_the_faster(small, monkeypatch)
                             verbose=0, steps_per_execution=3, jit_compile=None)
     assert used == [trainer.jit_compile] * 7 and again.jit_compile == trainer.jit_compile
     monkeypatch.setattr(fast_fit, "MEASURED", {})
-    used.clear()  # a run too short to measure both: its trainer is the variant that trained last
+    used.clear()  # a run too short to measure both (one chunk) trains without XLA: no compile to pay for
     _, short = fast_fit.fit(compiled_lenet(compose_cfg()), x, y, batch_size=32, epochs=1, seed=0,
                             verbose=0, steps_per_execution=19, jit_compile=None)
-    assert used == [True] and short.jit_compile is True and fast_fit.MEASURED == {}
+    assert used == [False] and short.jit_compile is False and fast_fit.MEASURED == {}
+    used.clear()  # three chunks (3 epochs of one): still too short
+    _, short = fast_fit.fit(compiled_lenet(compose_cfg()), x, y, batch_size=32, epochs=3, seed=0,
+                            verbose=0, steps_per_execution=19, jit_compile=None)
+    assert used == [False] * 3 and fast_fit.MEASURED == {}

@@ -47,6 +47,7 @@ def registered(tmp_path_factory):
     return uri, run.info.run_id
 
 
+@pytest.mark.xdist_group("registered")  # one worker trains the module fixture once
 def test_a_run_registers_itself_and_its_model_predicts_the_runs_own_classes(registered, tmp_path):
     uri, run_id = registered
     client = MlflowClient(uri)
@@ -142,6 +143,7 @@ def champion_gate(client: MlflowClient, source_run_id: str, tmp: Path, capsys) -
     assert all(r.info.status != "RUNNING" for r in all_runs(client))
 
 
+@pytest.mark.xdist_group("registered")  # one worker trains the module fixture once
 def test_champion_gate_on_sqlite(registered, tmp_path, capsys):
     uri, run_id = registered
     champion_gate(MlflowClient(uri), run_id, tmp_path, capsys)
@@ -170,6 +172,7 @@ def test_registry_and_champion_on_a_tracking_server(tracking_server, tmp_path, c
                                      f"in {server}")
 
 
+@pytest.mark.xdist_group("registered")  # one worker trains the module fixture once
 def test_mlflow_models_serve_answers_with_the_champions_classes(registered, tmp_path):
     uri, _ = registered
     port = free_port()

@@ -70,6 +70,11 @@ def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(single_run,
     old_cfg, new_cfg = config_of(client, original.info.run_id, tmp_path), config_of(client, new.info.run_id, tmp_path)
     assert (old_cfg["mlflow"].pop("tracking_uri"), new_cfg["mlflow"].pop("tracking_uri")) == (
         single_run.uri, mlflow_uri)
+    # trainer.jit_compile=null made a choice without timing (a run too short to measure): the rerun
+    # takes that choice explicitly
+    assert tags["xla_measured"] == "false" and tags["xla"] == "false"
+    assert (old_cfg["trainer"].pop("jit_compile"), new_cfg["trainer"].pop("jit_compile")) == (None, False)
+    assert "trainer.jit_compile=false (the original's XLA choice)" in proc.stdout
     assert new_cfg == old_cfg
     assert all(r.info.status == "FINISHED" for r in all_runs(client))
 
