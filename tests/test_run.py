@@ -39,7 +39,7 @@ def test_cli_run_lands_in_mlflow(single_run, tmp_path):
 
 
 def test_diverging_run_fails_fast_and_is_marked_failed(tmp_path, mlflow_uri, client):
-    proc = run_cli([*TINY, "trainer.epochs=5", f"mlflow.tracking_uri={mlflow_uri}",
+    proc = run_cli([*TINY, "trainer.epochs=3", f"mlflow.tracking_uri={mlflow_uri}",  # < 4 chunks: no XLA timing
                     "model.activation=relu", "optimizer.lr=1000"], tmp_path)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: loss is nan after epoch 0")
