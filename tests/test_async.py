@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 from conftest import all_runs, run_cli, sweep_args
 from lenet_sweep.stores import open_optuna_storage
 
-pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
+pytestmark = pytest.mark.sweep  # every test here runs a sweep (make test-fast skips them)
 
 NOTEBOOK = {"optimizer.momentum": 0.0, "optimizer.nesterov": False}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
+pytestmark = pytest.mark.sweep  # every test here runs a sweep (make test-fast skips them)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from optuna.trial import TrialState
 
 from conftest import all_runs, load, run_cli, sweep_args
 
-pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
+pytestmark = pytest.mark.sweep  # every test here runs a sweep (make test-fast skips them)
 
 
 def test_pure_grid_runs_every_point_once_and_finishes(tmp_path, client):

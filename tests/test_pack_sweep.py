@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from conftest import CALM, all_runs, child_pids, compose_cfg, load, parents_and_children, run_cli, sweep_args
 from lenet_sweep import tracking
 
-pytestmark = pytest.mark.sweep  # every test here runs a sweep's trials (make test-fast skips them)
+pytestmark = pytest.mark.sweep  # every test here runs a sweep (make test-fast skips them)
 
 def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
     proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=4", "hydra.sweeper.n_jobs=4",

@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli, sweep_args
 
 
+
 def closed_port() -> int:
     """A port on 127.0.0.1 with nothing listening (bound, then released)."""
     with socket.socket() as s:
@@ -45,12 +46,14 @@ def assert_nothing_created(tmp_path):
     ("objective=val_loss hydra.sweeper.direction=maximize",
      ["hydra.sweeper.direction=maximize contradicts objective=val_loss, which is a loss"]),
 ])
+@pytest.mark.sweep
 def test_bad_sweep_settings_fail_before_anything_is_created(tmp_path, override, fragments):
     proc = run_cli(sweep_args(tmp_path, *override.split()), tmp_path, timeout=120)
     assert_one_error_line(proc, *fragments)
     assert_nothing_created(tmp_path)
 
 
+@pytest.mark.sweep
 @pytest.mark.postgres
 def test_unreachable_or_missing_postgresql_storage(tmp_path, pg_url):
     port = closed_port()
@@ -65,6 +68,7 @@ def test_unreachable_or_missing_postgresql_storage(tmp_path, pg_url):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.sweep
 def test_unreachable_mlflow_server(tmp_path):
     uri = f"http://127.0.0.1:{closed_port()}"
     proc = run_cli(sweep_args(tmp_path, f"mlflow.tracking_uri={uri}"), tmp_path, timeout=120)
@@ -82,6 +86,7 @@ def test_report_with_an_unreachable_storage(tmp_path):
     assert_one_error_line(proc, url, "cannot connect")
 
 
+@pytest.mark.sweep
 def test_a_study_is_resumed_only_in_its_own_direction(tmp_path):
     import optuna
 

@@ -124,6 +124,7 @@ def test_too_many_failures_stop_the_sweep(tmp_path, client):
     ("hydra.sweeper.params.model.activation='shuffle(relu,sigmoid)'", "hydra.sweeper.params.model.activation"),
     ("hydra/sweeper/sampler=grid", "hydra/sweeper/sampler=grid needs choice"),
 ])
+@pytest.mark.sweep
 def test_bad_search_space_fails_before_any_trial(tmp_path, entry, fragment):
     proc = run_cli(sweep_args(tmp_path, entry), tmp_path)
     assert proc.returncode != 0
