@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from lenet_sweep import CONF_DIR  # noqa: E402
-from lenet_sweep.config import ConfigError, UserError, register, validate  # noqa: E402
+from lenet_sweep import CONF_DIR
+from lenet_sweep.config import ConfigError, UserError, register, validate
 
 register()
 log = logging.getLogger(__name__)

@@ -113,6 +113,12 @@ MEASURED: dict[tuple, bool] = {}
 MEASURE_CHUNKS = 4
 
 
+def count_chunks(samples: int, batch_size: int, epochs: int, steps_per_execution: int) -> int:
+    """Training chunks (compiled calls of up to ``steps_per_execution`` batches) in a whole run."""
+    steps = -(-samples // batch_size)
+    return epochs * -(-steps // steps_per_execution)
+
+
 class JitChooser:
     """``jit_compile=None``: the first training chunks run with and without XLA, each once to trace
     (and compile) and once timed; the faster per step trains the rest, and later runs of the same
@@ -165,7 +171,8 @@ def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
     n = int(x.shape[0])
     steps = -(-n // batch_size)
     _build(model, x, y)
-    chooser = JitChooser(model, batch_size, x, jit_compile, chunks=epochs * -(-steps // steps_per_execution))
+    chooser = JitChooser(model, batch_size, x, jit_compile,
+                         chunks=count_chunks(n, batch_size, epochs, steps_per_execution))
     rng = np.random.default_rng(seed)
     cbs = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                        model=model, verbose=verbose, epochs=epochs, steps=steps)

@@ -112,8 +112,7 @@ def xla_measured(cfg, model, x) -> str:
     try:
         from lenet_sweep import fast_fit
 
-        steps = -(-len(x) // cfg.data.batch_size)
-        chunks = tc.epochs * -(-steps // min(tc.steps_per_execution, steps))
+        chunks = fast_fit.count_chunks(len(x), cfg.data.batch_size, tc.epochs, tc.steps_per_execution)
         return str(fast_fit.JitChooser(model, cfg.data.batch_size, x, None, chunks).plan != []).lower()
     except Exception:
         return "unknown"

@@ -40,12 +40,13 @@ STARTUP_NOISE = re.compile(
     rb"|cuda_platform\.cc.*failed call to cuInit"
     rb"|cuda_dnn\.cc.*Unable to register|cuda_blas\.cc.*Unable to register|cuda_fft\.cc.*Unable to register")
 
-_active = threading.local()
+_filtering = False  # fd 2 is the process's: one filter at a time, nested blocks pass through
 
 
 @contextlib.contextmanager
 def startup_lines_filtered() -> Iterator[None]:
-    if getattr(_active, "on", False):  # nested (an import inside a filtered block): already filtered
+    global _filtering
+    if _filtering:  # nested (an import inside a filtered block): already filtered
         yield
         return
     try:
@@ -66,11 +67,11 @@ def startup_lines_filtered() -> Iterator[None]:
 
     thread = threading.Thread(target=pump, daemon=True, name="stderr-filter")
     thread.start()
-    _active.on = True
+    _filtering = True
     try:
         yield
     finally:
-        _active.on = False
+        _filtering = False
         sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last write end: the pump drains and ends
         thread.join(timeout=5)
@@ -83,5 +84,5 @@ def import_tensorflow() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with startup_lines_filtered():
-        import keras  # noqa: F401
+        import keras  # noqa: F401  (imported for its side effect: loaded, quietly)
         import tensorflow  # noqa: F401

@@ -28,14 +28,12 @@ import sys
 import tempfile
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as python -m lenet_sweep
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from lenet_sweep import devices, provenance, tracking  # noqa: E402
-from lenet_sweep.config import UserError, validate  # noqa: E402
+from lenet_sweep import devices, provenance, tracking
+from lenet_sweep.config import UserError, validate
 
 USAGE = "usage: python -m lenet_sweep.rerun RUN_ID [key=value ...]   (e.g. mlflow.tracking_uri=URL)"
 #: Sweeper plumbing that older lenet_sweep versions kept in the config: dropped from the record, so

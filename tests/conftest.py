@@ -167,7 +167,7 @@ def calm_sweep(tmp_path_factory):
     winner included), run once per session for the tests that read what a finished sweep left
     (``test_sweep``, ``test_report``, ``test_rerun``; marked ``xdist_group("calm_sweep")`` so one
     pytest-xdist worker runs it once). Read it, never write to it: a test that adds runs or trials
-    works on a copy (:func:`copy_sweep`)."""
+    works on a copy (:func:`copy_stores`)."""
     folder = tmp_path_factory.mktemp("calm_sweep")
     proc = run_cli(sweep_args(folder, *CALM), folder, probe_tensorflow=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -183,7 +183,7 @@ def single_run(tmp_path_factory):
     """One tiny CLI run (``optimizer.lr=0.5``, a password in a config value and in the job's
     environment), run once per session for the tests that read what a run left (``test_run``,
     ``test_secrets``, ``test_rerun``; ``xdist_group("single_run")``). A test that adds runs works on a
-    copy (:func:`copy_sweep`)."""
+    copy (:func:`copy_stores`)."""
     folder = tmp_path_factory.mktemp("single_run")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     proc = run_cli([*TINY, f"mlflow.tracking_uri={uri}", "optimizer.lr=0.5",
@@ -193,12 +193,12 @@ def single_run(tmp_path_factory):
     return SimpleNamespace(folder=folder, proc=proc, uri=uri)
 
 
-def copy_sweep(sweep, folder: Path) -> MlflowClient:
+def copy_stores(shared, folder: Path) -> MlflowClient:
     """A shared sweep's or run's stores (journal, SQLite, sweep folder) copied into ``folder``; a client of
     the copy. Its runs' artifacts stay where the original wrote them (MLflow records absolute
     artifact URIs): new runs of the copy write theirs there too, beside, never over, the original's."""
     for name in ("optuna.journal", "mlflow.db", "multirun"):
-        src = sweep.folder / name
+        src = shared.folder / name
         if not src.exists():
             continue
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, folder / name)

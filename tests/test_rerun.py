@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, all_runs, copy_sweep, run_cli
+from conftest import TINY, all_runs, copy_stores
 from lenet_sweep import data, provenance
 
 TIMING = ("epoch_seconds", "samples_per_second", "figures_seconds")
@@ -41,7 +41,7 @@ def config_of(client: MlflowClient, run_id: str, tmp_path) -> dict:
 
 @pytest.mark.xdist_group("single_run")
 def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(single_run, tmp_path):
-    client = copy_sweep(single_run, tmp_path)  # the rerun adds a run: to a copy of the shared store
+    client = copy_stores(single_run, tmp_path)  # the rerun adds a run: to a copy of the shared store
     mlflow_uri = client.tracking_uri
     [original] = all_runs(client)
     tags = original.data.tags
@@ -83,7 +83,7 @@ def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(single_run,
 @pytest.mark.xdist_group("calm_sweep")
 def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(calm_sweep, tmp_path):
     proc = calm_sweep.proc  # three trials, the default launcher (conftest)
-    client = copy_sweep(calm_sweep, tmp_path)  # the rerun adds a run: to a copy of the shared stores
+    client = copy_stores(calm_sweep, tmp_path)  # the rerun adds a run: to a copy of the shared stores
     mlflow_uri = client.tracking_uri
     runs = all_runs(client)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

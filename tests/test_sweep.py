@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
-from conftest import (CALM, TINY, alive, all_runs, child_pids, copy_sweep, load, parents_and_children,
+from conftest import (CALM, TINY, alive, all_runs, child_pids, copy_stores, load, parents_and_children,
                       run_cli, sweep_args)
 from lenet_sweep.sweep.runner import SweepRunner
 
@@ -57,7 +57,7 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(calm_sweep, tmp_path):
     assert results["mlflow_run_id"] == parent.data.tags["best_trial_run_id"]
     assert sorted(p.name for p in (folder / "multirun").iterdir() if p.is_dir()) == ["0", "1", "2"]
 
-    client = copy_sweep(calm_sweep, tmp_path)  # the resume adds to a copy of the shared stores
+    client = copy_stores(calm_sweep, tmp_path)  # the resume adds to a copy of the shared stores
     proc = run_cli(sweep_args(tmp_path, *CALM, n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path)
