@@ -237,6 +237,17 @@ def _version_of(client: MlflowClient, name: str, model_uri: str):
     return None
 
 
+def _version_of_run(client: MlflowClient, name: str, run_id: str):
+    """The oldest version of ``name`` registered from run ``run_id``, if any."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as exc:  # no such registered model yet
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
+    return min(versions, key=lambda v: int(v.version), default=None)
+
+
 def register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, Any] | None = None,
              decision_run_id: str | None = None,
              model_logger: Callable[[str], str] | None = None) -> Registration:
@@ -253,7 +264,9 @@ def register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, An
 def _register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, Any] | None,
               decision_run_id: str | None, model_logger: Callable[[str], str]) -> Registration:
     start = time.perf_counter()
-    model_uri = model_logger(run_id)
+    version = _version_of_run(client, name, run_id)  # registered before: by another sweeper of the
+    # study, or by this sweep before it was resumed; one run is one version
+    model_uri = version.source if version is not None else model_logger(run_id)
     accuracy = float(client.get_run(run_id).data.metrics["test_accuracy"])
     try:
         client.create_registered_model(name, description="LeNet-5 on Fashion-MNIST (lenet_sweep): "
@@ -261,7 +274,7 @@ def _register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, A
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    version = _version_of(client, name, model_uri)
+    version = version or _version_of(client, name, model_uri)
     if version is None:
         version_tags = {"run_id": run_id, "test_accuracy": accuracy, **(tags or {})}
         version = client.create_model_version(

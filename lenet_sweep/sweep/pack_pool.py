@@ -21,7 +21,7 @@ import cloudpickle
 from hydra.core.utils import JobReturn, JobStatus
 
 from lenet_sweep import devices, tracking
-from lenet_sweep.sweep.pool import JobFailed, _init_worker
+from lenet_sweep.sweep.pool import JobFailed, WorkerDied, _init_worker
 
 _INBOX = _OUTBOX = None  # in a worker: its queues
 
@@ -105,10 +105,10 @@ class PackPool:
             lost = [(idx, f, o) for idx, (ww, f, o) in self.futures.items() if ww == w]
             for idx, _, _ in lost:
                 self.futures.pop(idx)
-        reason = f"the worker process died (killed or out of memory): {tracking.error_line(error)}"
+        reason = "the worker process died (killed or out of memory)"  # the pool's error says no more
         for _, future, overrides in lost:
             future.set_result(JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
-                                        _return_value=RuntimeError(reason)))
+                                        _return_value=WorkerDied(reason)))
 
     def submit(self, context: tuple, overrides: Sequence[str], idx: int) -> Future:
         """Hand one trial to a worker with a free slot; the future's result is its ``JobReturn``."""

@@ -38,6 +38,11 @@ class JobFailed(Exception):
         self.traceback_text = traceback_text
 
 
+class WorkerDied(RuntimeError):
+    """The worker process running a trial died (killed, out of memory, crashed): the trial did not
+    fail by itself, so the sweeper retries it with ``hydra.sweeper.retry_failed``."""
+
+
 #: seconds a worker whose sweeper is gone gives its running job to close its MLflow run
 ORPHAN_GRACE_S = 15
 
@@ -90,7 +95,7 @@ def _result(future: Future, overrides: Sequence[str]) -> JobReturn:
     try:
         return cloudpickle.loads(future.result())
     except BrokenProcessPool:
-        error: BaseException = RuntimeError("the worker process died (killed or out of memory)")
+        error: BaseException = WorkerDied("the worker process died (killed or out of memory)")
     except BaseException as exc:  # noqa: BLE001 - reported as the job's failure
         error = exc
     return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)

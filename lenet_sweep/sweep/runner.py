@@ -27,7 +27,7 @@ from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
-from lenet_sweep.sweep.pool import JobFailed
+from lenet_sweep.sweep.pool import JobFailed, WorkerDied
 from lenet_sweep.trial import TrialPayload, monitor_for
 from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override_key, parse_space,
                                      split_overrides)
@@ -315,9 +315,11 @@ class SweepRunner:
         return [*(format_override(k, trial.params[k]) for k in space), *fixed,
                 f"hydra.sweep.subdir={trial.number}"]
 
-    def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState:
+    def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState | None:
+        """Tell Optuna how the trial ended; None when it failed because its worker died and was
+        queued again (``retry_failed``): that attempt is no failure of the trial's own."""
         TrialPayload.remove(self.sweep_dir / str(trial.number))
-        reason = None
+        reason, retry = None, False
         if ret.status == JobStatus.COMPLETED:
             try:
                 value = float(ret.return_value)
@@ -331,18 +333,26 @@ class SweepRunner:
             study.tell(trial, state=TrialState.PRUNED)
         else:
             exc = ret._return_value  # from lenet_pool already one line (JobFailed)
-            reason = str(exc)[:1000] if isinstance(exc, JobFailed) else tracking.error_line(exc, limit=1000)
+            one_line = isinstance(exc, (JobFailed, WorkerDied))  # already one line, no type needed
+            reason = str(exc)[:1000] if one_line else tracking.error_line(exc, limit=1000)
             text = exc.traceback_text if isinstance(exc, JobFailed) else exc
             if text and tracking.ERROR_ARTIFACT not in {a.path for a in self.client.list_artifacts(run_id)}:
                 tracking.log_traceback(self.client, run_id, text)  # failed before its run opened
+            if isinstance(exc, WorkerDied):
+                n = self.s["retry_failed"]
+                retry = bool(n) and studies.retries_left(study._storage.get_trial(trial._trial_id), n)
+                reason = (f"{exc}; " + (f"queued again with the same parameters (hydra.sweeper.retry_failed={n})"
+                                        if retry else f"not retried (hydra.sweeper.retry_failed={n})"))[:1000]
         if reason is not None:
             studies.fail(study, trial._trial_id, reason)
         frozen = study._storage.get_trial(trial._trial_id)
+        if retry:
+            studies.requeue(study, frozen, self.s["retry_failed"])
         if frozen.state == TrialState.PRUNED and frozen.intermediate_values:
             self.client.set_tag(run_id, "optuna.pruned_at_epoch", max(frozen.intermediate_values))
         runs.close_child(self.client, run_id, frozen.state, reason)
         self._report(study, frozen)
-        return frozen.state
+        return None if retry else frozen.state
 
     def _abandon(self, study, trial, run_id: str | None, exc: BaseException) -> None:
         """The sweep itself was interrupted or failed around this trial: nothing may stay RUNNING.
@@ -441,8 +451,10 @@ class SweepRunner:
               f"[sweep] results: {self.sweep_dir / 'optimization_results.yaml'}", flush=True)
         from lenet_sweep import registry  # the winner as a new model version; never raises
 
-        registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow,
-                                       model_logger=self._model_logger())
+        # one registration at a time per study: sweepers sharing it register its winner once
+        with ask_lock(study._storage, storage_url, f"{study.study_name}.register"):
+            registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow,
+                                           model_logger=self._model_logger())
         return results
 
     def _model_logger(self):

@@ -160,7 +160,7 @@ class OptunaSweeperConf:
     enqueue_seed_trial: bool = True  # the study's first trial is the notebook's configuration
     heartbeat_interval: Optional[int] = 10  # RDB storages: seconds between a running trial's beats
     grace_period: Optional[int] = None  # RDB: seconds without a beat before a trial is failed (2x)
-    retry_failed: int = 0  # re-queue a trial whose sweeper died, at most this many times
+    retry_failed: int = 0  # re-queue a trial whose sweeper or worker died, at most this many times
     pruner: Any = MISSING  # hydra/sweeper/pruner=<name>
     params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
 

@@ -58,6 +58,17 @@ def enqueue_seed_trial(study: optuna.Study, space: Mapping[str, BaseDistribution
 ATTEMPT_ATTRS = ("worker", "mlflow_run_id", "output_dir", "fail_reason")
 
 
+def retries_left(trial: FrozenTrial, max_retry: int) -> bool:
+    """Whether a failed ``trial`` may be queued again: its chain of attempts (Optuna's
+    ``retry_history``, this one included) is at most ``max_retry`` retries long."""
+    return len(trial.system_attrs.get("retry_history", [])) < max_retry
+
+
+def previous_attempt(trial: FrozenTrial) -> int | None:
+    """The number of the failed trial this one retries (the latest of its chain), if any."""
+    return (trial.system_attrs.get("retry_history") or [None])[-1]
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial, max_retry: int) -> None:
     """Queue a failed trial again with the same parameters, at most ``max_retry`` times (Optuna's
     ``RetryHeartbeatStaleTrialCallback``), without the failed attempt's owner, run and reason."""
@@ -74,7 +85,8 @@ def fail(study: optuna.Study, trial_id: int, reason: str) -> None:
 def count_finished(study: optuna.Study) -> int:
     """Finished trials that count towards n_trials (a failed trial that was retried does not)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    # every attempt a retry replaced (its retry_history; ``failed_trial`` names only the first)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     return sum(t.state in FINISHED and t.number not in retried for t in trials)
 
 
