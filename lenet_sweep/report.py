@@ -238,12 +238,12 @@ def open_study(name: str, storage_url: str | None) -> optuna.Study:
     shown = tracking.mask_url(url)
     if "://" not in url and not Path(url).is_file():
         raise ReportError(f"no Optuna storage at {url} (run a sweep first, or give storage=…)")
-    if "://" in url:
-        try:
+    try:
+        if "://" in url:
             stores.check_database(url, "storage")
-        except stores.StoreError as exc:
-            raise ReportError(str(exc)) from None
-    storage = stores.open_optuna_storage(url)
+        storage = stores.open_optuna_storage(url)  # a journal: a torn last line cut, damage refused
+    except stores.StoreError as exc:
+        raise ReportError(str(exc)) from None
     names = optuna.study.get_all_study_names(storage)
     if name not in names:
         if hasattr(storage, "engine"):

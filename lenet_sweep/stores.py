@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import json
+import os
 import random
+import sys
 import tempfile
 import time
 import urllib.error
@@ -164,7 +167,7 @@ def open_optuna_storage(url: str | None, heartbeat_interval: int | None = None,
     ``grace_period`` seconds is failed by the next sweeper that looks (lenet_sweep.sweep.liveness).
     """
     from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
     url = url or default_optuna_storage()
     if "://" in url:
@@ -174,4 +177,82 @@ def open_optuna_storage(url: str | None, heartbeat_interval: int | None = None,
         # replaced before use instead of failing the next storage call
         return retry_race(lambda: RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(url))
+    lock = JournalFileSymlinkLock(url)  # the backend's own default lock, shared with the repair
+    backend = JournalFileBackend(url, lock_obj=lock)  # creates the file
+    repair_journal(url, lock)
+    try:
+        return JournalStorage(backend)  # Optuna's replay: raises on a bad line with lines after it
+    except ValueError:
+        check_journal_lines(url, os.path.getsize(url))  # which line, as a StoreError
+        raise
+
+
+# -- a journal file's last line -------------------------------------------------------------------
+# Optuna's JournalFileBackend appends a batch of records as JSON lines, each with its newline, in
+# one write under its lock (``<file>.lock``), and its readers skip a last line without a newline:
+# that is a write still going on, or one whose process died. Left there, the next append is glued
+# to it and every later read of the file fails. So before a process opens the file, a last line
+# without its newline is cut off under that same lock (no live writer is then mid-line). A complete
+# line that is not JSON is damage that no write of Optuna's leaves, wherever it is, the last line
+# included (it is no torn write: it has its newline): StoreError, and the file is left unchanged.
+def _tail(path: str) -> tuple[bytes, int, bytes]:
+    """(the last complete line, the offset past it, the bytes after it), read from the end (plain
+    reads: a mapped file that another process truncates faults)."""
+    with open(path, "rb") as f:
+        start = f.seek(0, os.SEEK_END)
+        data = b""
+        while start > 0 and data.count(b"\n") < 2:
+            step = min(start, 1 << 16)
+            start -= step
+            f.seek(start)
+            data = f.read(step) + data
+    cut = data.rfind(b"\n") + 1
+    return data[data.rfind(b"\n", 0, max(cut - 1, 0)) + 1:cut], start + cut, data[cut:]
+
+
+def check_journal_lines(path: str, end: int) -> None:
+    """Every complete line before byte ``end`` is JSON, else StoreError naming the first that is not."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            offset += len(line)
+            if offset > end or not line.endswith(b"\n"):  # past ``end``, or a write going on
+                return
+            try:
+                json.loads(line)
+            except ValueError as exc:
+                raise StoreError(
+                    f"{path}: line {number} is not an Optuna journal record "
+                    f"({getattr(exc, 'msg', 'not UTF-8 text')}): the file is damaged and nothing was "
+                    f"written to it; restore it from a backup, or start the study in a new journal "
+                    f"(hydra.sweeper.storage=NEW.journal)") from None
+
+
+def repair_journal(path: str, lock) -> None:
+    """Cut a last line without its newline off the journal at ``path`` (``lock``: its backend's),
+    keep it in ``<path>.torn-<time>`` and say so in one line; StoreError if a complete line is not JSON
+    (its last one checked here, those before it by Optuna's replay or, when cutting, here)."""
+    last, end, fragment = _tail(path)
+    if fragment:
+        lock.acquire()  # blocks while a writer appends; a lock left by a killed one is broken after 30 s
+        try:
+            last, end, fragment = _tail(path)  # again: what looked torn may have been a live append
+            if fragment:
+                check_journal_lines(path, end)  # damaged elsewhere: left as it is
+                backup = f"{path}.torn-{time.strftime('%Y%m%d-%H%M%S')}"
+                with open(backup, "ab") as f:
+                    f.write(fragment)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with open(path, "r+b") as f:
+                    f.truncate(end)
+                    os.fsync(f.fileno())
+                print(f"warning: {path}: its last line was cut short ({len(fragment)} bytes, a write that "
+                      f"never completed); removed it, kept in {backup}", file=sys.stderr, flush=True)
+        finally:
+            lock.release()
+    if last:
+        try:
+            json.loads(last)
+        except ValueError:
+            check_journal_lines(path, end)
