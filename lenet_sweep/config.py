@@ -23,7 +23,10 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A config value out of its range; the message names the key and a valid example."""
+    """A config value out of its range; the message names the key and a valid example, ``key`` the key
+    itself where one key is to blame (a search-space check tells its entry's errors from others)."""
+
+    key: Optional[str] = None
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -123,7 +126,9 @@ def register() -> None:
 
 def _check(ok: bool, key: str, value: Any, rule: str, example: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value} is invalid: {rule} (for example {key}={example})")
+        error = ConfigError(f"{key}={value} is invalid: {rule} (for example {key}={example})")
+        error.key = key
+        raise error
 
 
 #: optimizer group option -> its schema (its ``_target_`` default: the Keras class it builds)

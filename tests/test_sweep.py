@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
-from conftest import (CALM, TINY, alive, all_runs, child_pids, copy_stores, load, parents_and_children,
-                      run_cli, sweep_args)
+from conftest import (CALM, TINY, alive, all_runs, child_pids, compose_cfg, copy_stores, load,
+                      parents_and_children, run_cli, sweep_args)
 from lenet_sweep.sweep.runner import SweepRunner
 
 
@@ -189,6 +189,7 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
 
 def test_command_line_fixes_or_sweeps_keys_of_the_config_space():
     runner = SweepRunner({"params": {"optimizer": {"lr": "interval(0.01, 1.0)", "momentum": "interval(0, 0.9)"}}})
+    runner.config = compose_cfg([])  # the values are checked against the job's config
     space, fixed, _ = runner._space(["optimizer.lr=0.3", "trainer.epochs=1", "trainer.epochs=choice(1,12)"])
     assert set(space) == {"optimizer.momentum", "trainer.epochs"}  # lr is fixed by the command line
     assert space["trainer.epochs"].choices == (1, 12)  # a sweep wins over a fixed value of its key

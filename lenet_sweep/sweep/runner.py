@@ -27,10 +27,11 @@ from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
+from lenet_sweep.sweep.stall import StallWatch
 from lenet_sweep.sweep.pool import JobFailed, WorkerDied
 from lenet_sweep.trial import TrialPayload, monitor_for
-from lenet_sweep.sweep.space import (SearchSpaceError, format_override, override_key, parse_space,
-                                     split_overrides)
+from lenet_sweep.sweep.space import (PARAMS, SearchSpaceError, check_values, entry_name, format_override,
+                                     override_key, parse_space, split_overrides)
 
 
 # ask/tell with a heartbeat is what this sweeper does on purpose; constant_liar and
@@ -145,7 +146,10 @@ class SweepRunner:
         if not space:
             raise SearchSpaceError("hydra.sweeper.params is empty: give at least one entry, "
                                    "e.g. 'hydra.sweeper.params.optimizer.lr=tag(log, interval(0.01, 1))'")
-        return space, fixed, {**self.s["params"], **cli_space}
+        text = {**self.s["params"], **cli_space}
+        check_values(space, self.config,  # every value as the key's own would be, before anything exists
+                     {k: entry_name(k, text[k], "" if k in cli_space else PARAMS) for k in space})
+        return space, fixed, text
 
     def _start_workers(self, space) -> None:
         """Start lenet_pool's workers; with ``pack`` > 1, packed unless the trials cannot share a
@@ -240,6 +244,7 @@ class SweepRunner:
         self.heartbeat = heartbeat = Heartbeat(study._storage)
         poll = heartbeat.interval or 2.0
         running: dict[Future, tuple[optuna.Trial, str]] = {}
+        stalls = StallWatch(s["stall_factor"], s["stall_floor"])
         started = None
         failures = 0
         try:
@@ -261,6 +266,7 @@ class SweepRunner:
                     time.sleep(poll)  # the rest of the budget runs in other workers
                     continue
                 done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
+                self._say_stalls(study, stalls, [t for f, (t, _) in running.items() if f not in done])
                 for future in done:
                     trial, run_id = running.pop(future)
                     heartbeat.discard(trial._trial_id)
@@ -277,6 +283,15 @@ class SweepRunner:
             raise
         finally:
             heartbeat.stop()
+
+    def _say_stalls(self, study, stalls: StallWatch, trials: list[optuna.Trial]) -> None:
+        """One line when a running trial stops reporting (and when it reports again); the sweep's
+        run gets the numbers of the trials that stalled as its tag ``sweep.stalled_trials``."""
+        before = len(stalls.ever)
+        for line in stalls.check(study._storage.get_trial(t._trial_id) for t in trials):
+            print(f"[sweep] {line}", flush=True)
+        if len(stalls.ever) > before:
+            self.client.set_tag(self.parent_id, "sweep.stalled_trials", ",".join(map(str, sorted(stalls.ever))))
 
     def _timed_out(self, deadline: float | None) -> bool:
         if deadline is None or time.monotonic() <= deadline:

@@ -161,6 +161,8 @@ class OptunaSweeperConf:
     heartbeat_interval: Optional[int] = 10  # RDB storages: seconds between a running trial's beats
     grace_period: Optional[int] = None  # RDB: seconds without a beat before a trial is failed (2x)
     retry_failed: int = 0  # re-queue a trial whose sweeper or worker died, at most this many times
+    stall_factor: float = 10.0  # a running trial silent this many median epochs is said to be stalled
+    stall_floor: float = 60.0  # ... and for at least this many seconds (nothing is killed)
     pruner: Any = MISSING  # hydra/sweeper/pruner=<name>
     params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
 
@@ -194,6 +196,10 @@ def check(s: dict) -> None:
         bad("grace_period", "must be longer than hydra.sweeper.heartbeat_interval", "60")
     if s["retry_failed"] < 0:
         bad("retry_failed", "must be >= 0", "1")
+    if s["stall_factor"] <= 1:
+        bad("stall_factor", "must be > 1 (epochs of silence)", "10")
+    if s["stall_floor"] <= 0:
+        bad("stall_floor", "must be > 0 seconds", "60")
 
 
 def direction(configured: str | None, objective: str) -> str:
