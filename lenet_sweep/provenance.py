@@ -16,6 +16,7 @@ they come from as input tags ``sha256.<file>`` and a digest over those checksums
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -41,6 +42,11 @@ SPLIT_FILES = {
 }
 
 
+# What a process's runs share is looked up once per process (a sweep worker runs many trials): the
+# package versions, the checkout's git state, the CPU, each split's dataset entity. A trial records
+# only what is its own (threads and the XLA plan are read per run: they may change between runs).
+
+@functools.cache
 def versions() -> dict[str, str]:
     found = {"version.python": platform.python_version()}
     for name in PACKAGES:
@@ -55,9 +61,11 @@ def versions() -> dict[str, str]:
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def git_state(root: Path = CHECKOUT) -> dict[str, str]:
     """The commit and whether tracked files differ from it; empty when ``root`` is not the top of
-    a git checkout (an installed package) or git is missing."""
+    a git checkout (an installed package) or git is missing. Once per process: the code a process
+    runs was imported when it started, so a later edit of the checkout is not what it runs."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=30, check=True).stdout.strip()
@@ -79,6 +87,7 @@ def schedulable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+@functools.cache
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -135,22 +144,30 @@ def digest(data_cfg, context: str) -> str:
 def datasets(data_cfg, splits: data.Splits) -> list[DatasetInput]:
     """The three splits as MLflow dataset inputs. The files were verified against
     :data:`lenet_sweep.data.SHA256` when loaded, so those are their checksums."""
-    import mlflow.data
-
     folder = data.find_dir(data_cfg.dir, download=False)
     arrays = {"training": (splits.x_train, splits.y_train),
               "validation": (splits.x_val, splits.y_val), "test": (splits.x_test, splits.y_test)}
-    inputs = []
-    for context, (x, y) in arrays.items():
-        files = SPLIT_FILES[context]
+    return [_dataset(folder, context, digest(data_cfg, context), x, y) for context, (x, y) in arrays.items()]
+
+
+_DATASETS: dict[tuple, DatasetInput] = {}
+
+
+def _dataset(folder, context: str, split_digest: str, x, y) -> DatasetInput:
+    """One split's dataset input, made once per process for each (folder, split, digest): the digest
+    covers the files' checksums and every data setting that selects the split's images."""
+    key = (str(folder), context, split_digest, x.shape, y.shape)
+    if key not in _DATASETS:
+        import mlflow.data
+
         with warnings.catch_warnings():  # MLflow registers two equal sources for a local path
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
             ds = mlflow.data.from_numpy(x, targets=y, source=Path(folder).resolve().as_uri(),
-                                        name=f"{DATASET_NAME}-{context}", digest=digest(data_cfg, context))
+                                        name=f"{DATASET_NAME}-{context}", digest=split_digest)
         tags = [InputTag("mlflow.data.context", context),
-                *(InputTag(f"sha256.{n.removesuffix('.gz')}", data.SHA256[n]) for n in files)]
-        inputs.append(DatasetInput(ds._to_mlflow_entity(), tags))
-    return inputs
+                *(InputTag(f"sha256.{n.removesuffix('.gz')}", data.SHA256[n]) for n in SPLIT_FILES[context])]
+        _DATASETS[key] = DatasetInput(ds._to_mlflow_entity(), tags)
+    return _DATASETS[key]
 
 
 def log_run(client: MlflowClient, run_id: str, cfg, model, splits: data.Splits) -> None:
