@@ -12,10 +12,11 @@ output layer (the notebook's) is followed by ``softmax(log_sigmoid(z))`` = sigmo
 to 1, classes ranked as the run's sigmoid ranks them), so the classes are the run's own. Clients never change when
 the ``champion`` alias moves between versions.
 
-``register`` creates one version per call (or reuses the version that already holds that run's
+``register`` creates one version per run (or reuses the version that already holds that run's
 model), tags it (``run_id``, ``test_accuracy``, and ``study_name`` / ``trial_number`` for a sweep's
-winner), and moves ``champion`` to it only when its test accuracy beats the current champion's
-(the challenger gate). The decision is logged on a run (tags ``registry.*``, metrics
+winner), and moves ``champion`` to it only when its test accuracy beats the current champion's on the
+same test set (the challenger gate: same test files and ``data.test_limit``; a version tested on
+other images leaves the alias, decision ``other test set``). The decision is logged on a run (tags ``registry.*``, metrics
 ``registry.challenger_test_accuracy``, ``registry.champion_test_accuracy``, ``registry_seconds``)
 and printed in one line.
 """
@@ -57,8 +58,9 @@ class Registration:
     champion: str  # the version that holds the alias afterwards
     previous: str | None  # the version that held it before
     previous_accuracy: float | None
-    decision: str  # first | promoted | kept | already champion
+    decision: str  # first | promoted | kept | already champion | other test set
     seconds: float = 0.0
+    test_sets: str = ""  # decision "other test set": how the two test sets differ
 
     def line(self) -> str:
         who = f"{self.name} version {self.version} (run {self.run_id}, test_accuracy={self.test_accuracy:.4f})"
@@ -66,6 +68,9 @@ class Registration:
             verdict = f"first champion: @{ALIAS} -> version {self.version}"
         elif self.decision == "already champion":
             verdict = f"is already @{ALIAS}"
+        elif self.decision == "other test set":
+            verdict = (f"was tested on another test set than champion version {self.previous} "
+                       f"({self.test_sets}): accuracies not compared, @{ALIAS} stays version {self.previous}")
         else:
             beats = "beats" if self.decision == "promoted" else "does not beat"
             moved = (f"@{ALIAS} -> version {self.version}" if self.decision == "promoted"
@@ -184,11 +189,15 @@ def log_model(client: MlflowClient, run_id: str) -> str:
 
     if (model_id := logged_model_id(client, run_id)) is not None:
         return f"models:/{model_id}"
-    metrics = client.get_run(run_id).data.metrics
+    run = client.get_run(run_id)
+    metrics = run.data.metrics
     if "test_accuracy" not in metrics:
         raise RegistryError(f"run {run_id} has no test_accuracy: it did not finish training")
     step = max((m.step for m in client.get_metric_history(run_id, "test_accuracy")), default=0)
-    with tempfile.TemporaryDirectory() as tmp, _use_tracking_uri(client.tracking_uri):
+    # the LoggedModel goes to its run's experiment (MLflow puts it in the active one, else in
+    # MLFLOW_EXPERIMENT_ID's, else in "Default"): its Models tab lists it
+    with tempfile.TemporaryDirectory() as tmp, _use_tracking_uri(client.tracking_uri), \
+            _environment(MLFLOW_EXPERIMENT_ID=run.info.experiment_id, MLFLOW_EXPERIMENT_NAME=None):
         cfg = run_config(client, run_id, tmp)
         weights = download(client, run_id, WEIGHTS, tmp)
         # TensorFlow's start-up lines (a sweeper imports it here) and the progress bar of MLflow's
@@ -199,6 +208,24 @@ def log_model(client: MlflowClient, run_id: str) -> str:
                              pip_requirements=_requirements(), step=step,
                              tags={"lenet_sweep.serving": "raw_pixels"})
     return f"models:/{info.model_id}"
+
+
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Environment variables set (None: unset) for the block, restored after it."""
+    def put(settings: Mapping[str, str | None]) -> None:
+        for key, value in settings.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    saved = {k: os.environ.get(k) for k in values}
+    put(values)
+    try:
+        yield
+    finally:
+        put(saved)
 
 
 def log_model_at(tracking_uri: str, run_id: str) -> str:
@@ -219,6 +246,31 @@ def _accuracy(client: MlflowClient, version) -> float | None:
     if version.run_id:
         return client.get_run(version.run_id).data.metrics.get("test_accuracy")
     return None
+
+
+def test_set(client: MlflowClient, run_id: str) -> dict[str, str]:
+    """What a run's test accuracy was measured on: its test images' and labels' checksums (the
+    run's ``test`` dataset input) and ``data.test_limit`` (how many of them)."""
+    run = client.get_run(run_id)
+    found = {"data.test_limit": run.data.params.get("data.test_limit", "None")}
+    for di in (run.inputs.dataset_inputs if run.inputs else []):
+        tags = {t.key: t.value for t in di.tags}
+        if tags.get("mlflow.data.context") == "test":
+            found.update({k: v for k, v in tags.items() if k.startswith("sha256.")})
+    return found
+
+
+def _test_sets_differ(client: MlflowClient, challenger: str, champion: str | None) -> str:
+    """'' when both runs were tested on the same images, else how they differ (one phrase)."""
+    if champion is None:
+        return ""
+    try:
+        a, b = test_set(client, challenger), test_set(client, champion)
+    except MlflowException:  # the champion's run is gone: nothing to compare
+        return ""
+    keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+    return "; ".join(f"{k}={a.get(k)} vs {b.get(k)}" if k == "data.test_limit" else f"{k} differs"
+                     for k in keys)
 
 
 def _champion(client: MlflowClient, name: str):
@@ -283,10 +335,14 @@ def _register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, A
     champion = _champion(client, name)
     previous = champion.version if champion is not None else None
     previous_accuracy = _accuracy(client, champion) if champion is not None else None
+    differ = "" if champion is None or str(champion.version) == str(version.version) \
+        else _test_sets_differ(client, run_id, champion.run_id)
     if champion is None:
         decision = "first"
     elif str(champion.version) == str(version.version):
         decision = "already champion"
+    elif differ:  # accuracies on different images say nothing about which model is better
+        decision = "other test set"
     elif previous_accuracy is None or accuracy > previous_accuracy:
         decision = "promoted"
     else:
@@ -295,7 +351,8 @@ def _register(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, A
         client.set_registered_model_alias(name, ALIAS, version.version)
     result = Registration(name, str(version.version), run_id, model_uri, accuracy,
                           str(version.version) if decision in ("first", "promoted") else str(previous),
-                          None if previous is None else str(previous), previous_accuracy, decision)
+                          None if previous is None else str(previous), previous_accuracy, decision,
+                          test_sets=differ)
     result.seconds = time.perf_counter() - start
     _log_decision(client, decision_run_id or run_id, result)
     print(result.line(), flush=True)

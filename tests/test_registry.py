@@ -77,16 +77,23 @@ def test_a_run_registers_itself_and_its_model_predicts_the_runs_own_classes(regi
     assert np.mean(classes == y) == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
     assert run.data.metrics["test_accuracy"] > 0.3  # it learned: the comparison means something
 
+    # the logged model is in its run's experiment (the experiment's Models tab lists it)
+    model_id = champion.source.removeprefix("models:/")
+    assert client.get_logged_model(model_id).experiment_id == run.info.experiment_id != "0"
+
     # registering the same run again makes no new version
     again = registry.register(client, run_id, "lenet_sweep")
     assert (again.version, again.decision) == ("1", "already champion")
     assert len(client.search_model_versions("name = 'lenet_sweep'")) == 1
 
 
-def clone(client: MlflowClient, src_run_id: str, test_accuracy: float, tmp: Path) -> str:
-    """A finished run with the source run's config and weights and the given test accuracy."""
+def clone(client: MlflowClient, src_run_id: str, test_accuracy: float, tmp: Path, test_limit=None) -> str:
+    """A finished run with the source run's config and weights and the given test accuracy
+    (measured on ``test_limit`` test images, when given)."""
     src = client.get_run(src_run_id)
     run_id = client.create_run(src.info.experiment_id).info.run_id
+    if test_limit is not None:
+        client.log_param(run_id, "data.test_limit", test_limit)
     for name in ("config.yaml", "lenet.weights.h5"):
         client.log_artifact(run_id, client.download_artifacts(src_run_id, name, str(tmp)))
     client.log_metric(run_id, "test_accuracy", test_accuracy)
@@ -130,6 +137,15 @@ def champion_gate(client: MlflowClient, source_run_id: str, tmp: Path, capsys) -
     assert "first champion: @champion -> version 1" in lines[0]
     assert "does not beat champion version 1 (test_accuracy=0.5000): @champion stays version 1" in lines[1]
     assert "beats champion version 1 (test_accuracy=0.5000): @champion -> version 3" in lines[2]
+
+    # a better accuracy on other test images is no comparison: the alias stays, the line says why
+    run_id, parent_id = clone(client, source_run_id, 0.99, tmp / "other", test_limit=100), parent(client, exp)
+    result = registry.register_sweep_winner(client, parent_id, Trial(7, run_id), "study_x", mlflow_cfg)
+    assert (result.decision, result.champion) == ("other test set", "3")
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(
+        "was tested on another test set than champion version 3 (data.test_limit=100 vs None): accuracies "
+        f"not compared, @champion stays version 3 ({result.seconds:.1f} s)")
+    assert str(client.get_model_version_by_alias("gate", "champion").version) == "3"
 
     # a winner that cannot be registered (no weights) leaves the sweep alone: a line and a tag
     bare = client.create_run(exp).info.run_id

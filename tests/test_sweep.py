@@ -45,6 +45,10 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(calm_sweep, tmp_path):
         number = int(child.data.tags["optuna.trial_number"])
         assert float(child.data.params["optimizer.lr"]) == study.trials[number].params["optimizer.lr"]
         assert child.data.metrics["val_accuracy"] == pytest.approx(study.trials[number].value)
+        # optuna-dashboard shows the objective's name and links each trial to its run
+        assert study.trials[number].user_attrs["mlflow_run_url"] == (
+            f"#/experiments/{child.info.experiment_id}/runs/{child.info.run_id}")
+    assert study.metric_names == ["val_accuracy"]
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.tags["best_trial_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
     assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -95,6 +99,16 @@ def test_failing_and_diverging_trials_are_fail_and_the_sweep_completes(tmp_path,
             assert open(text).read().startswith("Traceback (most recent call last)")
     number = diverged.number
     assert "Traceback (most recent call last)" in (tmp_path / "multirun" / str(number) / "__main__.log").read_text()
+
+
+@pytest.mark.sweep
+def test_a_sweep_told_not_to_register_leaves_the_registry_empty(tmp_path, client):
+    proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.sweeper.register_winner=false", n_trials=1), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[sweep] best trial 0" in proc.stdout and "[registry]" not in proc.stdout
+    assert client.search_registered_models() == []
+    [parent], _ = parents_and_children(client)
+    assert not [k for k in parent.data.tags if k.startswith("registry.")]
 
 
 @pytest.mark.sweep

@@ -187,6 +187,8 @@ class SweepRunner:
                                         direction=self.direction, load_if_exists=True)
         except (SearchSpaceError, stores.StoreError, ValueError, TypeError) as exc:
             sys.exit(f"error: {' '.join(str(exc).split())}")
+        if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
+            study.set_metric_names([self.config.objective])
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
@@ -315,6 +317,7 @@ class SweepRunner:
             run_id = runs.create_child(self.client, self.experiment_id, self.parent_id,
                                        study.study_name, trial.number)
             trial.set_user_attr("mlflow_run_id", run_id)
+            trial.set_user_attr("mlflow_run_url", runs.ui_path(self.client, self.experiment_id, run_id))
             trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
             TrialPayload(number=trial.number, study_name=study.study_name, storage=self.storage_url,
                          pruner=self.pruner_config, monitor=monitor_for(self.config.objective),
@@ -466,8 +469,12 @@ class SweepRunner:
               f"[sweep] results: {self.sweep_dir / 'optimization_results.yaml'}", flush=True)
         from lenet_sweep import registry  # the winner as a new model version; never raises
 
-        # one registration at a time per study: sweepers sharing it register its winner once
-        with ask_lock(study._storage, storage_url, f"{study.study_name}.register"):
+        if not self.s["register_winner"]:
+            return results
+        # one registration at a time per registered model among the sweepers of this storage: those
+        # sharing a study register its winner once, and read the champion one after the other
+        name = self.config.mlflow.get("registered_model") or "lenet_sweep"
+        with ask_lock(study._storage, storage_url, f"register.{name}"):
             registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow,
                                            model_logger=self._model_logger())
         return results

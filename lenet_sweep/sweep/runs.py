@@ -16,6 +16,18 @@ def create_child(client: MlflowClient, experiment_id: str, parent_id: str, study
         "optuna.trial_number": str(number), "optuna.trial_state": "RUNNING"}).info.run_id
 
 
+def ui_path(client: MlflowClient, experiment_id: str, run_id: str) -> str:
+    """Where ``mlflow ui`` (or the tracking server) shows the run: a full URL for an HTTP tracking
+    URI, else the path to append to the UI's address (``mlflow ui`` in the project folder)."""
+    path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    uri = str(client.tracking_uri)
+    if not uri.startswith(("http://", "https://")):
+        return path
+    from lenet_sweep.tracking import mask_url  # a password in the URI stays out of the study
+
+    return f"{mask_url(uri).rstrip('/')}/{path}"
+
+
 def close_child(client: MlflowClient, run_id: str, state: TrialState, reason: str | None,
                 status: str = "FAILED") -> None:
     """Tag the trial's final state; end the run with ``status`` if its job never ended it."""

@@ -163,6 +163,7 @@ class OptunaSweeperConf:
     retry_failed: int = 0  # re-queue a trial whose sweeper or worker died, at most this many times
     stall_factor: float = 10.0  # a running trial silent this many median epochs is said to be stalled
     stall_floor: float = 60.0  # ... and for at least this many seconds (nothing is killed)
+    register_winner: bool = True  # register the best trial's model (mlflow.registered_model), gate @champion
     pruner: Any = MISSING  # hydra/sweeper/pruner=<name>
     params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
 
