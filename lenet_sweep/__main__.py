@@ -48,6 +48,7 @@ def _traceback_to_log_file(exc: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    logging.raiseExceptions = False  # a job log file on a full disk loses its lines: no traceback each
     try:
         validate(cfg)  # before TensorFlow is imported, as are the store checks:
         from lenet_sweep import tracking
@@ -70,14 +71,14 @@ def main(cfg: DictConfig) -> float:
                         run_id=payload.run_id)
         reporter.raise_if_pruned()  # after the run is recorded; the sweeper tells Optuna PRUNED
         return objective(metrics, cfg.objective)
-    except UserError as exc:
-        _traceback_to_log_file(exc)
-        if HydraConfig.get().mode == RunMode.RUN:  # one line, no traceback
-            sys.exit(f"error: {exc}")
-        raise  # in a sweep the trial fails with this reason and the sweep goes on
     except Exception as exc:
         _traceback_to_log_file(exc)
-        raise
+        from lenet_sweep.tracking import write_error  # a full disk: the path and the reason
+
+        line = str(exc) if isinstance(exc, UserError) else write_error(exc)
+        if line is not None and HydraConfig.get().mode == RunMode.RUN:  # one line, no traceback
+            sys.exit(f"error: {line}")
+        raise  # in a sweep the trial fails with this reason and the sweep goes on
 
 
 if __name__ == "__main__":

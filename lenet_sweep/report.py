@@ -177,9 +177,12 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
                 axes = plot(study)
                 fig = np.atleast_1d(axes).flat[0].figure
                 fig.set_size_inches(max(fig.get_figwidth(), 8), max(fig.get_figheight(), 4.5))
-                fig.savefig(path, dpi=100, bbox_inches="tight")
+                with tracking.writing(path):
+                    fig.savefig(path, dpi=100, bbox_inches="tight")
             written.append(path)
         except Exception as exc:
+            if tracking.write_error(exc):  # a full disk fails the next file too: one error, not warnings
+                raise
             print(f"warning: {stem} plot skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
         finally:
             plt.close("all")
@@ -192,21 +195,25 @@ def write_report(study: optuna.Study, client, folder: Path) -> tuple[pd.DataFram
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = trials_table(study, client)
-    table.to_csv(folder / TABLE_CSV, index=False)
+    with tracking.writing(folder / TABLE_CSV):
+        table.to_csv(folder / TABLE_CSV, index=False)
     header = f"# Study `{study.study_name}` ({_summary(study)})\n\n"
-    (folder / TABLE_MD).write_text(header + to_markdown(table))
+    with tracking.writing(folder / TABLE_MD):
+        (folder / TABLE_MD).write_text(header + to_markdown(table))
     return table, [folder / TABLE_CSV, folder / TABLE_MD, *write_plots(study, folder)]
 
 
 def write_sweep_report(study: optuna.Study, client, parent_id: str, folder: Path) -> list[Path]:
     """The sweeper's end: the report into the sweep folder and under ``report/`` of the parent run.
-    Never raises: a sweep does not fail on its report."""
+    Never raises, but on a full disk: a sweep does not fail on its report."""
     try:
         _, files = write_report(study, client, folder)
         for path in files:
             client.log_artifact(parent_id, str(path), "report")
         return files
     except Exception as exc:
+        if tracking.write_error(exc):  # the sweeper says it on one line
+            raise
         print(f"warning: sweep report not written: {type(exc).__name__}: {exc}", file=sys.stderr)
         return []
 
@@ -285,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{tracking.mask_url(options['storage'] or stores.default_optuna_storage())}")
         print(format_table(table))
         print(f"wrote {len(files)} files to {out}: {', '.join(p.name for p in files)}")
+    except OSError as exc:  # a full disk: the path and the reason
+        if tracking.write_error(exc) is None:
+            raise
+        print(f"error: {tracking.write_error(exc)}", file=sys.stderr)
+        return 1
     finally:  # an RDB storage's pooled connections: closed now, not at garbage collection
         storage = getattr(study._storage, "_backend", study._storage)
         if hasattr(storage, "engine"):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import posixpath
 import signal
 import time
 import traceback
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
@@ -59,6 +61,48 @@ def check_store(mlflow_cfg) -> str:
     return uri
 
 
+#: a write the disk refused (full, over quota, read-only, file too big): the user's to fix, one line
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def write_error(exc: BaseException) -> str | None:
+    """``cannot write PATH: No space left on device`` for a write the disk refused; else None."""
+    if not isinstance(exc, OSError) or exc.errno not in WRITE_ERRNOS:
+        return None
+    path = exc.filename2 or exc.filename  # a copy's destination, else the file
+    return f"cannot write{f' {path}' if path else ''}: {exc.strerror or os.strerror(exc.errno)}"
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike | Callable[[], str]) -> Iterator[None]:
+    """A refused write below that names no file (a write into an open file names none) names
+    ``path`` (or what ``path()`` says)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno in WRITE_ERRNOS:
+            with contextlib.suppress(Exception):  # the path is a courtesy: never hide the error
+                exc.filename = str(path() if callable(path) else path)
+        raise
+
+
+class Client(MlflowClient):
+    """An MlflowClient whose refused artifact write names its destination (MLflow writes into an
+    open temporary file: its OSError names none). ``log_text`` and the like come through here."""
+
+    def log_artifact(self, run_id, local_path, artifact_path=None) -> None:
+        def destination() -> str:
+            root = self.get_run(run_id).info.artifact_uri
+            if root.startswith("file:"):
+                from mlflow.utils.file_utils import local_file_uri_to_path
+
+                root = local_file_uri_to_path(root)
+            return posixpath.join(root, artifact_path or "", os.path.basename(local_path))
+
+        with writing(destination):
+            super().log_artifact(run_id, local_path, artifact_path)
+
+
 def client_for(mlflow_cfg) -> MlflowClient:
     """A client of the configured store (MLflow creates a database's tables on first use). The
     store is checked once per process first: an unreachable one is a one-line ``StoreError``."""
@@ -68,7 +112,7 @@ def client_for(mlflow_cfg) -> MlflowClient:
             with stores.file_lock(uri[len("sqlite:///"):] + ".lock"):  # one process at a time
                 MlflowClient(uri).search_experiments(max_results=1)
         _CREATED.add(uri)
-    return stores.retry_race(lambda: MlflowClient(uri))
+    return stores.retry_race(lambda: Client(uri))
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

@@ -311,14 +311,28 @@ def shipped_params() -> dict:
         ("optimizer.nesterov", "choice(true, 0.5)",
          "choice value 0.5: optimizer.nesterov=0.5 is invalid: Value '0.5' is not a valid bool (type float)"),
         ("optimizer.momentun", "interval(0, 0.5)",
-         "optimizer.momentun is not a key of the config: fix the key (python -m lenet_sweep --cfg job "
-         "lists them), or write +optimizer.momentun to add a new one"),
+         "optimizer=sgd has no key momentun: fix the key (python -m lenet_sweep --cfg job lists them), take "
+         "it out of the space (~hydra.sweeper.params.optimizer.momentun), or choose another optimizer"),
+        ("trainer.epoch", "choice(1, 2)",
+         "trainer.epoch is not a key of the config: fix the key (python -m lenet_sweep --cfg job "
+         "lists them), or write +trainer.epoch to add a new one"),
     ],
 )
 def test_a_value_the_config_rejects_names_its_entry(job, key: str, expr: str, message: str) -> None:
     with pytest.raises(SearchSpaceError) as info:  # beside a valid entry, which is not blamed
         check(job, {"optimizer.lr": "tag(log, interval(0.01, 0.5))", key: expr})
     assert str(info.value) == f"hydra.sweeper.params.{key}: {expr!r}: {message}"
+
+
+def test_the_default_space_with_adam_names_the_keys_adam_lacks() -> None:
+    # the shipped space searches SGD's momentum and Nesterov: with optimizer=adam, one line, not a
+    # failed trial per point
+    with pytest.raises(SearchSpaceError) as info:
+        check(compose_cfg(["optimizer=adam"], hydra_config=True), shipped_params())
+    assert str(info.value) == (
+        "hydra.sweeper.params.optimizer.momentum: 'interval(0.0, 0.99)': optimizer=adam has no key momentum: "
+        "fix the key (python -m lenet_sweep --cfg job lists them), take it out of the space "
+        "(~hydra.sweeper.params.optimizer.momentum), or choose another optimizer")
 
 
 def test_a_command_line_entry_is_named_as_written(job) -> None:

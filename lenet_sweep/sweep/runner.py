@@ -187,6 +187,10 @@ class SweepRunner:
                                         direction=self.direction, load_if_exists=True)
         except (SearchSpaceError, stores.StoreError, ValueError, TypeError) as exc:
             sys.exit(f"error: {' '.join(str(exc).split())}")
+        except OSError as exc:  # a full disk (the study's journal): the path and the reason
+            if tracking.write_error(exc) is None:
+                raise
+            sys.exit(f"error: {tracking.write_error(exc)}")
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
             study.set_metric_names([self.config.objective])
         experiment = self.config.mlflow.experiment_name
@@ -214,6 +218,10 @@ class SweepRunner:
                     self.launcher.shutdown()
         except SweepFailed as exc:
             sys.exit(f"error: {exc}")
+        except OSError as exc:  # a full disk (artifacts, the sweep folder): the path and the reason
+            if tracking.write_error(exc) is None:
+                raise
+            sys.exit(f"error: {tracking.write_error(exc)}")
         except KeyboardInterrupt:
             print("[sweep] interrupted (Ctrl-C): running trials marked FAIL, their runs KILLED",
                   flush=True)
@@ -441,7 +449,8 @@ class SweepRunner:
         client, parent_id, storage_url = self.client, self.parent_id, self.storage_url
         table = study.trials_dataframe().rename(columns=lambda c: c.removeprefix("user_attrs_"))
         csv = self.sweep_dir / "trials.csv"
-        table.to_csv(csv, index=False)
+        with tracking.writing(csv):
+            table.to_csv(csv, index=False)
         client.log_artifact(parent_id, str(csv))
         from lenet_sweep.report import write_sweep_report  # ranked table + plots; never raises
 
@@ -459,7 +468,8 @@ class SweepRunner:
             "best_params": best.params, "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
             "output_dir": best.user_attrs.get("output_dir"), "trials": states,
         }
-        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        with tracking.writing(self.sweep_dir / "optimization_results.yaml"):
+            OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
         tracking.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()},
                             tags={"best_trial_number": best.number,
                                   "best_trial_run_id": results["mlflow_run_id"]})

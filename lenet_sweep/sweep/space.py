@@ -186,6 +186,14 @@ def check_values(space: Mapping[str, BaseDistribution], config: DictConfig,
         if OmegaConf.select(config, path, default=_ABSENT) is _ABSENT:
             if key.startswith("+") or path.startswith(swept):
                 continue
+            group, _, leaf = path.partition(".")
+            choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+            if group in groups and leaf:  # e.g. optimizer.momentum with optimizer=adam
+                raise SearchSpaceError(
+                    f"{names[key]}: {group}={choices[group]} has no key {leaf}: fix the key (python -m "
+                    f"lenet_sweep --cfg job lists them), take it out of the space "
+                    f"({'~' + PARAMS + key if names[key].startswith(PARAMS) else 'leave it off the command line'}"
+                    f"), or choose another {group}")
             raise SearchSpaceError(f"{names[key]}: {path} is not a key of the config: fix the key "
                                    f"(python -m lenet_sweep --cfg job lists them), or write +{path} "
                                    "to add a new one")
