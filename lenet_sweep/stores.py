@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import random
@@ -167,7 +168,7 @@ def open_optuna_storage(url: str | None, heartbeat_interval: int | None = None,
     ``grace_period`` seconds is failed by the next sweeper that looks (lenet_sweep.sweep.liveness).
     """
     from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+    from optuna.storages.journal import JournalFileSymlinkLock
 
     url = url or default_optuna_storage()
     if "://" in url:
@@ -178,7 +179,7 @@ def open_optuna_storage(url: str | None, heartbeat_interval: int | None = None,
         return retry_race(lambda: RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     lock = JournalFileSymlinkLock(url)  # the backend's own default lock, shared with the repair
-    backend = JournalFileBackend(url, lock_obj=lock)  # creates the file
+    backend = _journal_backend()(url, lock_obj=lock)  # creates the file
     repair_journal(url, lock)
     try:
         return JournalStorage(backend)  # Optuna's replay: raises on a bad line with lines after it
@@ -228,6 +229,27 @@ def check_journal_lines(path: str, end: int) -> None:
                     f"(hydra.sweeper.storage=NEW.journal)") from None
 
 
+@functools.cache
+def _journal_backend():
+    """Optuna's JournalFileBackend, less its one silence (imported when first needed: this module
+    is imported by processes that never open a study)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    class NamedJournal(JournalFileBackend):
+        """Optuna's journal file whose refused append (a full disk) names the file: it writes into
+        an open file, so its OSError names none."""
+
+        def append_logs(self, logs) -> None:
+            try:
+                super().append_logs(logs)
+            except OSError as exc:
+                if exc.filename is None:
+                    exc.filename = self._file_path
+                raise
+
+    return NamedJournal
+
+
 def repair_journal(path: str, lock) -> None:
     """Cut a last line without its newline off the journal at ``path`` (``lock``: its backend's),
     keep it in ``<path>.torn-<time>`` and say so in one line; StoreError if a complete line is not JSON
@@ -240,10 +262,17 @@ def repair_journal(path: str, lock) -> None:
             if fragment:
                 check_journal_lines(path, end)  # damaged elsewhere: left as it is
                 backup = f"{path}.torn-{time.strftime('%Y%m%d-%H%M%S')}"
-                with open(backup, "ab") as f:
-                    f.write(fragment)
-                    f.flush()
-                    os.fsync(f.fileno())
+                try:
+                    with open(backup, "ab") as f:
+                        f.write(fragment)
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError as exc:  # a full disk still: nothing cut, no half backup left
+                    with contextlib.suppress(OSError):
+                        os.unlink(backup)
+                    raise StoreError(f"{path}: its last line was cut short (a write that never "
+                                     f"completed) and cannot be kept aside: cannot write {backup}: "
+                                     f"{exc.strerror}; free space there and run again") from None
                 with open(path, "r+b") as f:
                     f.truncate(end)
                     os.fsync(f.fileno())

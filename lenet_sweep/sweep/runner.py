@@ -387,12 +387,14 @@ class SweepRunner:
         TrialPayload.remove(self.sweep_dir / str(trial.number))
         getattr(study.sampler, "forget", lambda number: None)(trial.number)
         reason = f"sweep interrupted ({tracking.error_line(exc, limit=300)})"
-        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-            studies.fail(study, trial._trial_id, reason)
-            if self.s["retry_failed"]:
-                studies.requeue(study, study._storage.get_trial(trial._trial_id), self.s["retry_failed"])
-        if run_id is not None:
-            runs.close_child(self.client, run_id, TrialState.FAIL, reason, status="KILLED")
+        try:
+            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                studies.fail(study, trial._trial_id, reason)
+                if self.s["retry_failed"]:
+                    studies.requeue(study, study._storage.get_trial(trial._trial_id), self.s["retry_failed"])
+        finally:  # the study's storage may be what failed (a full disk): the run is closed anyway
+            if run_id is not None:
+                runs.close_child(self.client, run_id, TrialState.FAIL, reason, status="KILLED")
 
     # -- trials other sweepers left behind ---------------------------------------------------
     def _reap(self, study) -> None:
