@@ -25,6 +25,7 @@ from lenet_sweep import devices, stores, tracking
 from lenet_sweep.packing import unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
+from lenet_sweep.sweep.console import SweepConsole
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
 from lenet_sweep.sweep.stall import StallWatch
@@ -58,6 +59,14 @@ def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _best(study):
+    """The study's best trial so far, or None."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
 class BatchLauncher:
     """A Hydra launcher without ``submit`` (basic, joblib, submitit): jobs collect into a batch that
     ``flush`` launches and waits for as a whole."""
@@ -85,8 +94,9 @@ class BatchLauncher:
 
 
 class SweepRunner:
-    def __init__(self, settings: Mapping[str, Any]):
-        s = {k: getattr(v, "value", v) for k, v in settings.items()}  # enums -> their names
+    def __init__(self, settings_: Mapping[str, Any]):
+        """``settings_``: ``hydra.sweeper``'s keys (those not given take the schema's defaults)."""
+        s = {**settings.defaults(), **{k: getattr(v, "value", v) for k, v in settings_.items()}}  # enums -> names
         params = s["params"]
         params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
         s["params"] = _dotted(params or {})
@@ -255,10 +265,12 @@ class SweepRunner:
         poll = heartbeat.interval or 2.0
         running: dict[Future, tuple[optuna.Trial, str]] = {}
         stalls = StallWatch(s["stall_factor"], s["stall_floor"])
+        self.console = SweepConsole(self.n_trials, self.config.objective)
         started = None
         failures = 0
         try:
             while True:
+                self._status(study, len(running))
                 self._reap(study)
                 while len(running) < self.n_jobs and not self._timed_out(deadline) \
                         and not getattr(study.sampler, "exhausted", False):
@@ -293,13 +305,20 @@ class SweepRunner:
             raise
         finally:
             heartbeat.stop()
+            self.console.close()
+
+    def _status(self, study, running: int) -> None:
+        trials = study.get_trials(deepcopy=False)
+        count = {state: sum(t.state == state for t in trials) for state in (TrialState.PRUNED, TrialState.FAIL)}
+        self.console.status(studies.count_finished(study), running, count[TrialState.PRUNED],
+                            count[TrialState.FAIL], _best(study))
 
     def _say_stalls(self, study, stalls: StallWatch, trials: list[optuna.Trial]) -> None:
         """One line when a running trial stops reporting (and when it reports again); the sweep's
         run gets the numbers of the trials that stalled as its tag ``sweep.stalled_trials``."""
         before = len(stalls.ever)
         for line in stalls.check(study._storage.get_trial(t._trial_id) for t in trials):
-            print(f"[sweep] {line}", flush=True)
+            self.console.say(f"[sweep] {line}")
         if len(stalls.ever) > before:
             self.client.set_tag(self.parent_id, "sweep.stalled_trials", ",".join(map(str, sorted(stalls.ever))))
 
@@ -436,15 +455,7 @@ class SweepRunner:
         return self.s["grace_period"] or 2 * study._storage.get_heartbeat_interval()
 
     def _report(self, study, trial) -> None:
-        done = studies.count_finished(study)
-        value = f"value={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get(
-            "fail_reason", "")
-        try:
-            best = f"best={study.best_value:.4f} (trial {study.best_trial.number})"
-        except ValueError:
-            best = "best=none yet"
-        print(f"[sweep] trial {trial.number} ({done}/{self.n_trials}) {trial.state.name} "
-              f"{value} | {best}", flush=True)
+        self.console.ended(trial, studies.count_finished(study), _best(study))
 
     # -- results ------------------------------------------------------------------------------
     def _finish(self, study) -> dict[str, Any]:

@@ -5,6 +5,7 @@ The values users see and change live in ``conf/hydra/sweeper/optuna.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional
@@ -175,6 +176,12 @@ def register() -> None:
         cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="lenet_sweep")
     for name, node in PRUNERS.items():
         cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="lenet_sweep")
+
+
+def defaults() -> dict[str, Any]:
+    """The schema's plain defaults (``OptunaSweeperConf``), by key."""
+    return {f.name: f.default for f in dataclasses.fields(OptunaSweeperConf)
+            if f.default is not dataclasses.MISSING and f.default is not MISSING}
 
 
 def check(s: dict) -> None:
