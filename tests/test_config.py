@@ -114,3 +114,14 @@ def test_cli_rejects_unknown_activation(tmp_path):
     assert proc.returncode != 0
     assert "model.activation" in proc.stderr and "expected one of [sigmoid, relu]" in proc.stderr
     assert not (tmp_path / "m.db").exists()
+
+
+def test_help_says_what_the_app_is_its_groups_and_how_to_sweep(tmp_path):
+    proc = run_cli(["--help"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("lenet_sweep: LeNet-5 on Fashion-MNIST")
+    for line in ("optimizer: adam, base_adam, base_sgd, sgd", "model: base_lenet, lenet", "experiment: seed",
+                 "python -m lenet_sweep -m hydra/sweeper=optuna", "mlflow ui", "--cfg job"):
+        assert line in out, line
+    assert "__main__ is powered by Hydra" not in out

@@ -154,8 +154,8 @@ class SweepRunner:
         space = parse_space({k: v for k, v in self.s["params"].items() if k not in fixed_keys})
         space.update(parse_space(cli_space, prefix=""))
         if not space:
-            raise SearchSpaceError("hydra.sweeper.params is empty: give at least one entry, "
-                                   "e.g. 'hydra.sweeper.params.optimizer.lr=tag(log, interval(0.01, 1))'")
+            raise SearchSpaceError("the search space is empty (hydra.sweeper.params and the command line): "
+                                   "give at least one entry, e.g. 'optimizer.lr=tag(log, interval(0.01, 1))'")
         text = {**self.s["params"], **cli_space}
         check_values(space, self.config,  # every value as the key's own would be, before anything exists
                      {k: entry_name(k, text[k], "" if k in cli_space else PARAMS) for k in space})

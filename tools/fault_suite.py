@@ -1,20 +1,21 @@
 """The fault suite (issue 12, item 5): kill, stop and mis-configure real sweeps, read Optuna and MLflow
 back, and say for each scenario whether what must hold held.
 
-    .venv/bin/python benchmarks/fault_suite.py [--fast] [--only NAME ...] [--out DIR]
+    .venv/bin/python tools/fault_suite.py [--fast] [--only NAME ...] [--out DIR]
 
 Every scenario runs the real CLI (`python -m lenet_sweep -m hydra/sweeper=optuna`, one trial at a time
-per sweeper, tiny data) against real stores: an Optuna journal file, SQLite, PostgreSQL on
-127.0.0.1:5432 (user postgres, trust auth; databases named lenet_fault_<hex>, dropped afterwards) and
-`mlflow server` processes started here on free 127.0.0.1 ports (stopped afterwards). It reads the study
-back with `optuna.load_study` and the runs with `MlflowClient`, and prints ONE Markdown table:
+per sweeper (12: one pack of two), tiny data) against real stores: an Optuna journal file, SQLite,
+PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth; databases named lenet_fault_<hex>, dropped
+afterwards), `mlflow server` processes started here on free 127.0.0.1 ports (stopped afterwards) and, for
+13, a 64 KiB tmpfs it mounts (root; unmounted afterwards). It reads the study back with
+`optuna.load_study` and the runs with `MlflowClient`, and prints ONE Markdown table:
 
     scenario | what must hold | what was observed | holds | seconds
 
 In "what was observed" a fact that breaks the rule is marked ✗. The table (fault_suite.md, also as
 fault_suite.json) and every process's log are written to --out (default: a new /tmp/lenet_fault_<hex>/).
 
---fast runs the scenarios that need neither PostgreSQL nor a 30 s outage (1-journal, 3, 4, 5, 7, 10);
+--fast runs the scenarios that need neither PostgreSQL nor a 30 s outage (1-journal, 3, 4, 5, 7, 10–13);
 --only takes scenario names or their numbers (`--only 10 3` = 10-bad-inputs and 3-sigterm).
 
 It stops by itself: every wait is bounded, every scenario has a time budget, every process it starts
@@ -282,19 +283,24 @@ def pg_probe(url: str, study: str = STUDY) -> Callable[[], list[int]]:
 
 def wait_training(probe, proc, timeout: float, who: str) -> int:
     """The number of a trial of ``proc`` that is RUNNING and has reported an epoch."""
+    return wait_trainings(probe, proc, timeout, who, 1)[0]
+
+
+def wait_trainings(probe, proc, timeout: float, who: str, count: int) -> list[int]:
+    """The numbers of ``count`` trials of ``proc`` that are RUNNING and have reported an epoch."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ScenarioError(f"{who} exited with {proc.returncode} before a trial trained: "
+            raise ScenarioError(f"{who} exited with {proc.returncode} before {count} trial(s) trained: "
                                 f"{short(last_line(proc))}")
         try:
             found = probe()
         except Exception:  # noqa: BLE001 - a file being written, a table being created
             found = []
-        if found:
-            return found[0]
+        if len(found) >= count:
+            return found[:count]
         time.sleep(0.5)
-    raise ScenarioError(f"no trial of {who} reported an epoch within {timeout:.0f} s")
+    raise ScenarioError(f"{count} trial(s) of {who} did not report an epoch together within {timeout:.0f} s")
 
 
 def runs_of(uri: str, experiment: str) -> list:
@@ -320,7 +326,9 @@ def is_child(run) -> bool:
 
 
 def retried_sources(trials) -> set[int]:
-    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    """Every attempt a retry replaced: its chain (Optuna's ``retry_history``; ``failed_trial`` names the
+    first), as the sweeper counts them (lenet_sweep.sweep.study.count_finished)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
 
 def states(trials) -> str:
@@ -370,6 +378,24 @@ def check_dead_trial(c: Checks, trials, dead: int, runs, *, run_status="KILLED")
     got = [r.info.status for r in kids]
     c.add(got == [run_status], f"trial {dead}'s child run {'/'.join(got) or 'missing'}")
     return trial
+
+
+def check_registered(c: Checks, tracking: str, runs, name: str = "lenet_sweep") -> None:
+    """Each sweeper registers the best trial it saw under ``name`` (mlflow.registered_model's default);
+    a run is one version, however many sweepers register it."""
+    parents = [r for r in runs if not is_child(r)]
+    named = sorted(r.data.tags.get("registry.version") or "none" for r in parents)
+    errors = [short(r.data.tags["registry.error"], 120) for r in parents if "registry.error" in r.data.tags]
+    c.add(errors == [] and "none" not in named, f"the {len(parents)} sweepers' registry.version tags: {named}"
+          + (f"; registry.error: {errors}" if errors else ""))
+    versions = MlflowClient(tracking).search_model_versions(f"name = '{name}'")
+    per_run = collections.Counter(v.run_id for v in versions)
+    trial_of = {r.info.run_id: r.data.tags.get("optuna.trial_number") for r in runs if is_child(r)}
+    ok = (versions and max(per_run.values()) == 1 and {str(v.version) for v in versions} == set(named)
+          and set(per_run) <= set(trial_of))
+    c.add(ok, f"registered model {name}: {len(versions)} version(s) for {len(per_run)} distinct winning run(s) "
+              f"(trials {sorted(trial_of.get(run, 'not of this study') for run in per_run)}; versions per run "
+              f"{sorted(per_run.values())})")
 
 
 def check_parent(c: Checks, runs, worker_match: Callable[[str], bool], who: str, status="KILLED") -> None:
@@ -430,10 +456,10 @@ class Suite:
         return proc
 
     def sweeper(self, d: Path, name: str, storage: str, tracking: str, n_trials: int, data_args: list[str],
-                *extra: str, experiment: str = "fault", wrap: list[str] = ()) -> subprocess.Popen:
+                *extra: str, experiment: str = "fault", wrap: list[str] = (), n_jobs: int = 1) -> subprocess.Popen:
         cwd = d / name
         cmd = [*wrap, PY, "-m", "lenet_sweep", "-m", "hydra/sweeper=optuna",
-               f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1",
+               f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.n_jobs={n_jobs}",
                f"hydra.sweeper.study_name={STUDY}", f"hydra.sweeper.storage={storage}",
                f"mlflow.tracking_uri={tracking}", f"mlflow.experiment_name={experiment}",
                f"hydra.sweep.dir={cwd}/multirun", "trainer.jit_compile=false",
@@ -735,6 +761,7 @@ def s_four_sweepers(kind: str):
               else f"child runs per trial wrong: counts {wrong}, missing {missing}, unknown {extra}")
         c.note(f"{sum(not is_child(r) for r in runs)} parent runs")
         check_nothing_running(c, trials, runs)
+        check_registered(c, tracking, runs)
     return run
 
 
@@ -823,6 +850,9 @@ def s10_bad_inputs(suite: Suite, d: Path, c: Checks) -> list[Row]:
         ("sweep dir under a file", ["hydra.sweep.dir={case}/a_file/sweep"], ["hydra.sweep.dir"]),
         ("sweep dir /proc/nope", ["hydra.sweep.dir=/proc/nope"], ["hydra.sweep.dir"]),
         ("report storage port 1", None, ["127.0.0.1:1"]),
+        ("batch_size choice(0, 32)", ["data.batch_size=choice(0, 32)"], ["data.batch_size"]),
+        ("activation choice(relu, tanhh)", ["model.activation=choice(relu, tanhh)"], ["model.activation"]),
+        ("momentum interval(0.5, 1.5)", ["optimizer.momentum=interval(0.5, 1.5)"], ["optimizer.momentum"]),
     ]
     must = (f"one line `error: …` naming the key/URL, exit ≠ 0, ≤ {BAD_INPUT_SECONDS} s, no "
             "study/experiment/run created")
@@ -887,6 +917,160 @@ def s10_bad_inputs(suite: Suite, d: Path, c: Checks) -> list[Row]:
     return rows
 
 
+def s11_torn_journal(suite: Suite, d: Path, c: Checks) -> list[Row]:
+    """Two rows: a journal whose last line a crash cut mid-line, then one damaged in the middle."""
+    storage, tracking, _ = journal_stores(d)
+    path = Path(storage)
+    first = suite.sweeper(d, "first", storage, tracking, 2, TINY)
+    rc = wait_exit(first, 600)
+    if rc != 0:
+        raise ScenarioError(f"the first sweep exited with {rc}: {short(last_line(first))}")
+    rows = []
+
+    t0, cc = time.monotonic(), Checks()
+    whole = path.read_bytes()
+    start = whole.rstrip(b"\n").rfind(b"\n") + 1  # where the last line begins
+    cut = start + (len(whole) - start) // 2
+    os.truncate(path, cut)  # what a crash in the middle of an append leaves
+    fragment = whole[start:cut]
+    before = {t.number: t for t in trials_of(storage)}  # Optuna's reader skips the torn line
+    cc.note(f"the 2-trial sweep's journal ({len(whole)} bytes) cut to {cut} bytes, half-way through its last "
+            f"line; the study reads {len(before)} trials ({states(before.values())})")
+    b = suite.sweeper(d, "after-tear", storage, tracking, 3, TINY)
+    rc = wait_exit(b, 600)
+    cc.add(rc == 0, f"re-launch with n_trials=3 exit {rc}" + ("" if rc == 0 else f": {short(last_line(b))}"))
+    said = [x for x in lines_of(log_text(b)) if x.startswith("warning:") and "last line was cut short" in x]
+    cc.add(len(said) == 1 and said[0].startswith(f"warning: {storage}: "),
+           f"{len(said)} warning line(s)" + (f": {short(said[0], 200)!r}" if said else ""))
+    backups = sorted(path.parent.glob(path.name + ".torn-*"))
+    held = [x.read_bytes() for x in backups]
+    cc.add(held == [fragment], f"{backups[0].name} holds the {len(fragment)} bytes cut off" if held == [fragment]
+           else f"backups {[x.name for x in backups]} hold {[len(h) for h in held]} bytes, not the "
+                f"{len(fragment)} cut off")
+    trials = trials_of(storage)
+    by = {t.number: t for t in trials}
+    lost = [n for n, t in before.items() if n not in by or by[n].params != t.params
+            or (t.state in FINISHED and by[n].state != t.state)]
+    cc.add(before and not lost, f"every earlier trial kept ({len(before)})" if not lost else
+           f"earlier trials lost or changed: {lost}")
+    for n, t in before.items():  # a trial whose end was the torn record is RUNNING after the cut
+        if t.state == TrialState.RUNNING and n in by:
+            cc.note(f"trial {n} RUNNING after the cut (its end was the torn record), then {by[n].state.name} "
+                    f"({short(by[n].user_attrs.get('fail_reason'), 100)!r})")
+    check_total(cc, trials, 3)
+    check_nothing_running(cc, trials, runs_of(tracking, "fault"))
+    rows.append(Row("11-torn-journal: last line cut", "a crash mid-append cut the journal's last line: the re-launch "
+                    "exits 0 and says one `warning: <journal>: its last line was cut short …` line; the cut-off "
+                    "bytes kept in <journal>.torn-<time>; every earlier trial kept; exactly n_trials; nothing "
+                    "RUNNING", cc.observed(), cc.holds, time.monotonic() - t0))
+
+    t0, cc = time.monotonic(), Checks()
+    lines = path.read_bytes().splitlines(keepends=True)
+    middle = len(lines) // 2
+    lines[middle] = b"this line is not JSON\n"
+    damaged = b"".join(lines)
+    path.write_bytes(damaged)
+    cc.note(f"line {middle + 1} of {len(lines)} replaced by a line that is not JSON")
+    e = suite.sweeper(d, "after-damage", storage, tracking, 4, TINY)
+    rc = wait_exit(e, 120)
+    out = lines_of(log_text(e))[1:]  # less the "$ command" line
+    cc.add(rc not in (0, None), f"exit {rc}" if rc is not None else "still running after 120 s")
+    expected = f"error: {storage}: line {middle + 1} is not an Optuna journal record"
+    cc.add(len(out) == 1 and out[0].startswith(expected),
+           f"{len(out)} line(s): " + " / ".join(repr(short(x, 200)) for x in out[-3:]))
+    cc.add(path.read_bytes() == damaged, "the journal byte-for-byte unchanged" if path.read_bytes() == damaged
+           else "the journal was changed")
+    again = sorted(path.parent.glob(path.name + ".torn-*"))
+    cc.add(again == backups, "no new .torn file" if again == backups else f"new files {again}")
+    rows.append(Row("11-torn-journal: middle line damaged", "a complete line in the middle that is not JSON: the "
+                    "re-launch prints one `error: <journal>: line N is not an Optuna journal record …` line, exits "
+                    "≠ 0, and leaves the file byte-for-byte unchanged", cc.observed(), cc.holds, time.monotonic() - t0))
+    for row in rows:
+        say(f"  {row.scenario}: {'holds' if row.holds else 'DOES NOT HOLD'} ({row.seconds:.1f} s)")
+    c.note(f"{len(rows)} cases")
+    return rows
+
+
+CALM = ["model.activation=sigmoid", "optimizer.momentum=interval(0.0, 0.5)"]  # no diverging lr (tests/conftest.py)
+WORKER_DIED = ("the worker process died (killed or out of memory); queued again with the same parameters "
+               "(hydra.sweeper.retry_failed=1)")
+
+
+def s12_packed_worker_kill(suite: Suite, d: Path, c: Checks):
+    n = 2
+    storage, tracking, probe = journal_stores(d)
+    a = suite.sweeper(d, "sweep", storage, tracking, n, data(12), *CALM, "hydra.launcher.pack=2",
+                      "hydra.sweeper.retry_failed=1", n_jobs=2)
+    dead = wait_trainings(probe, a, 300, "the packed worker", 2)
+    workers = [p for p in children(a.pid) if "spawn_main" in cmdline(p)]
+    if len(workers) != 1:
+        raise ScenarioError(f"expected one packed worker under sweeper {a.pid}, found {workers}")
+    epochs = {t.number: max(t.intermediate_values) for t in trials_of(storage) if t.number in dead}
+    os.kill(workers[0], signal.SIGKILL)
+    c.note(f"SIGKILL to packed worker {workers[0]} of sweeper {a.pid} while trials {dead} trained (last epochs "
+           f"reported {epochs})")
+    rc = wait_exit(a, 600)
+    c.add(rc == 0, f"sweep exit {rc}" + ("" if rc == 0 else f": {short(last_line(a))}"))
+    trials, runs = trials_of(storage), runs_of(tracking, "fault")
+    for number in dead:
+        trial = check_dead_trial(c, trials, number, runs, run_status="FAILED")
+        reason = (trial.user_attrs.get("fail_reason") or "") if trial else ""
+        c.add(reason == WORKER_DIED, "fail_reason exactly the death and the retry" if reason == WORKER_DIED
+              else f"fail_reason {short(reason, 160)!r}")
+        check_retry(c, trials, number)
+        retry = next((t for t in trials if t.system_attrs.get("failed_trial") == number), None)
+        if retry is not None:
+            c.add(retry.system_attrs.get("retry_history") == [number],
+                  f"trial {retry.number} retry_history {retry.system_attrs.get('retry_history')}")
+            # where resume lands: the retry's first epoch would be past the killed attempt's last checkpoint
+            c.note(f"trial {retry.number} first reported epoch {min(retry.intermediate_values, default=None)}")
+    check_total(c, trials, n)
+    check_nothing_running(c, trials, runs)
+
+
+NOSPACE = "No space left on device"
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "64k"):
+    """A real ``size`` tmpfs mounted at ``folder`` (root), unmounted afterwards; NotRun where mounting fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        raise NotRun(f"no mount command ({exc})") from None
+    if proc.returncode:
+        raise NotRun(f"cannot mount a {size} tmpfs at {folder}: {short(proc.stderr, 160)}")
+    try:
+        yield folder
+    finally:
+        proc = subprocess.run(["umount", "--lazy", str(folder)], capture_output=True, text=True, timeout=30)
+        if proc.returncode:
+            say(f"could not unmount {folder}: {short(proc.stderr, 160)}")
+
+
+def s13_full_disk(suite: Suite, d: Path, c: Checks):
+    storage, tracking, _ = journal_stores(d)
+    with small_disk(d / "mlruns") as artifacts:  # a SQLite store's artifacts: mlruns/ beside mlflow.db
+        c.note(f"the MLflow artifact store {artifacts} is a 64 KiB tmpfs")
+        a = suite.sweeper(d, "sweep", storage, tracking, 1, TINY, *CALM)
+        rc = wait_exit(a, 300)
+        text = log_text(a)
+    c.add(rc not in (0, None), f"exit {rc}" if rc is not None else "still running after 300 s")
+    errors = [x for x in lines_of(text) if x.startswith("error:")]
+    c.add(len(errors) == 1 and errors[0].startswith(f"error: cannot write {artifacts}/") and errors[0].endswith(
+        f": {NOSPACE}"), f"{len(errors)} error line(s)" + (f": {short(errors[-1], 200)!r}" if errors else
+                                                             f"; output ends {short(last_line(a), 200)!r}"))
+    c.add("Traceback" not in text, "no traceback" if "Traceback" not in text else
+          f"{text.count('Traceback')} traceback(s) in its output")
+    trials, runs = trials_of(storage), runs_of(tracking, "fault")
+    c.add(trials, f"the study loads: {len(trials)} trial(s) ({states(trials)})")
+    for t in trials:
+        c.note(f"trial {t.number} {t.state.name} ({short(t.user_attrs.get('fail_reason'), 200)!r})")
+    check_nothing_running(c, trials, runs)
+
+
 @dataclass
 class Scenario:
     name: str
@@ -897,6 +1081,8 @@ class Scenario:
 
 
 RETRIED = "killed trial FAIL, retried once with the same params (COMPLETE), exactly n_trials counted"
+REGISTERED = ("each sweeper registers the winner it saw (registry.version tag on its parent run); the "
+              "registered model lenet_sweep has exactly one version per distinct winning run")
 SCENARIOS = [
     Scenario("1-journal", True,
              "SIGKILL of a sweeper mid-trial (journal file + SQLite MLflow); re-launch with retry_failed=1 "
@@ -924,11 +1110,11 @@ SCENARIOS = [
     Scenario("6-four-sweepers-postgres", False,
              "4 sweepers started within 0.2 s on an empty PostgreSQL database + a fresh PostgreSQL-backed mlflow "
              "server: all exit 0, exactly n_trials, all parameter sets distinct, one MLflow child run per trial, "
-             "nothing RUNNING", s_four_sweepers("postgres"), 1200),
+             f"nothing RUNNING; {REGISTERED}", s_four_sweepers("postgres"), 1200),
     Scenario("7-four-sweepers-journal", True,
              "4 sweepers started within 0.2 s on one journal file (MLflow on one SQLite file): all exit 0, exactly "
-             "n_trials, all parameter sets distinct, one MLflow child run per trial, nothing RUNNING",
-             s_four_sweepers("journal"), 1200),
+             "n_trials, all parameter sets distinct, one MLflow child run per trial, nothing RUNNING; "
+             f"{REGISTERED}", s_four_sweepers("journal"), 1200),
     Scenario("8-mlflow-restart", False,
              "mlflow server stopped 30 s mid-trial and restarted (same store, same port): every COMPLETE trial "
              "has all its per-epoch `loss` points (history length == epochs); otherwise the trial is FAIL with "
@@ -938,6 +1124,17 @@ SCENARIOS = [
              "exactly n_trials (exit 0) or fails with one `error:` line (no traceback); nothing RUNNING in Optuna "
              "or MLflow", s9_pg_terminate, 900),
     Scenario("10-bad-inputs", True, "", s10_bad_inputs, 900),
+    Scenario("11-torn-journal", True, "", s11_torn_journal, 600),
+    Scenario("12-packed-worker-kill", True,
+             "hydra.launcher.pack=2, n_jobs=2, retry_failed=1: SIGKILL of the packed worker while both slots "
+             "train: both trials FAIL with fail_reason 'the worker process died (killed or out of memory); queued "
+             "again with the same parameters (hydra.sweeper.retry_failed=1)', their child runs FAILED; each "
+             "retried once (failed_trial, retry_history) with the same params, COMPLETE; sweep exit 0 with "
+             "exactly n_trials; nothing RUNNING", s12_packed_worker_kill, 600),
+    Scenario("13-full-disk", True,
+             "the MLflow artifact store on a 64 KiB tmpfs the suite mounts (root; not run where mounting fails): "
+             f"the sweep exits ≠ 0 with one line `error: cannot write <path under it>: {NOSPACE}`, no traceback, "
+             "nothing RUNNING in Optuna or MLflow, the study loads", s13_full_disk, 600),
 ]
 
 
@@ -1033,7 +1230,7 @@ def code_version() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fast", action="store_true", help="only the fast scenarios (1-journal, 3, 4, 5, 7, 10)")
+    parser.add_argument("--fast", action="store_true", help="only the fast scenarios (1-journal, 3, 4, 5, 7, 10–13)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="scenario names or numbers, e.g. 10 3-sigterm")
     parser.add_argument("--out", type=Path, help="folder for the table and the logs (default: a new /tmp folder)")
     args = parser.parse_args(argv)
@@ -1041,7 +1238,7 @@ def main(argv=None) -> int:
     out = (args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="lenet_fault_")))
     work = out / f"work-{uuid.uuid4().hex[:8]}"  # the processes of this run live (cwd) only below here
     work.mkdir(parents=True)
-    command = shlex.join([".venv/bin/python", "benchmarks/fault_suite.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join([".venv/bin/python", "tools/fault_suite.py", *(argv if argv is not None else sys.argv[1:])])
     say(f"{len(chosen)} scenarios: {', '.join(s.name for s in chosen)}; logs in {work}")
 
     def terminated(signum, frame):
