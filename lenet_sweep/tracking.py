@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import posixpath
 import signal
@@ -182,6 +183,20 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@functools.cache
+def _mlflow_context() -> dict[str, str]:
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags()
+
+
+def context_tags(tags: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``tags`` over MLflow's own context tags (``mlflow.user``, ``mlflow.source.name`` and ``.type``,
+    the git commit: what ``mlflow.start_run`` adds and the UI shows as "Created by" and "Source"),
+    resolved once per process."""
+    return {**_mlflow_context(), **(tags or {})}
+
+
 @contextlib.contextmanager
 def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
              run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[str]:
@@ -190,7 +205,7 @@ def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
     ``error.txt``) or KILLED (Ctrl-C, SIGTERM)."""
     if run_id is None:
         run_id = client.create_run(experiment_id(client, experiment), run_name=run_name,
-                                   tags=dict(tags or {})).info.run_id
+                                   tags=context_tags(tags)).info.run_id
     elif tags:
         log_params(client, run_id, {}, tags)
     with sigterm_as_exit():

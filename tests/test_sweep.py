@@ -40,6 +40,9 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(calm_sweep, tmp_path):
     [parent], children = parents_and_children(client)
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study_name"] == "lenet_sweep"
     assert sorted(c.info.run_name for c in children) == ["trial-0", "trial-1", "trial-2"]
+    for run in (parent, *children):  # MLflow's own context: the UI's "Created by" and "Source"
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+        assert run.data.tags["mlflow.source.name"].endswith("__main__.py")
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags["optuna.trial_state"] == "COMPLETE" and child.info.status == "FINISHED"

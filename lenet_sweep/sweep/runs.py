@@ -11,9 +11,11 @@ from optuna.trial import TrialState
 
 def create_child(client: MlflowClient, experiment_id: str, parent_id: str, study_name: str,
                  number: int) -> str:
-    return client.create_run(experiment_id, run_name=f"trial-{number}", tags={
+    from lenet_sweep.tracking import context_tags
+
+    return client.create_run(experiment_id, run_name=f"trial-{number}", tags=context_tags({
         "mlflow.parentRunId": parent_id, "optuna.study_name": study_name,
-        "optuna.trial_number": str(number), "optuna.trial_state": "RUNNING"}).info.run_id
+        "optuna.trial_number": str(number), "optuna.trial_state": "RUNNING"})).info.run_id
 
 
 def ui_path(client: MlflowClient, experiment_id: str, run_id: str) -> str:
