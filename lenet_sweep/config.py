@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from collections.abc import Mapping
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -122,6 +123,18 @@ def register() -> None:
     cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
     cs.store(group="optimizer", name="base_adam", node=AdamConfig)
     cs.store(group="data", name="base_fashion_mnist", node=DataConfig)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{optimizer: {lr: x}}`` -> ``{"optimizer.lr": x}`` (lists stay values, empty mappings vanish;
+    keys already dotted stay as they are): the one flattener of configs, params and search spaces."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _check(ok: bool, key: str, value: Any, rule: str, example: str) -> None:

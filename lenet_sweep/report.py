@@ -266,7 +266,7 @@ def mlflow_client(uri: str | None):
     from mlflow.tracking import MlflowClient
 
     uri = uri or tracking.default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if (path := stores.sqlite_path(uri)) is not None and not path.is_file():
         print(f"warning: no MLflow store at {uri}: the MLflow columns stay empty", file=sys.stderr)
         return None
     return MlflowClient(uri)

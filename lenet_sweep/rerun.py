@@ -23,7 +23,6 @@ conditions (versions, code, CPU, threads, device, XLA, data, a pruned original).
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from typing import Any
@@ -32,8 +31,8 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import devices, provenance, tracking
-from lenet_sweep.config import UserError, validate
+from lenet_sweep import devices, provenance, stores, tracking
+from lenet_sweep.config import UserError, flatten, validate
 
 USAGE = "usage: python -m lenet_sweep.rerun RUN_ID [key=value ...]   (e.g. mlflow.tracking_uri=URL)"
 #: Sweeper plumbing that older lenet_sweep versions kept in the config: dropped from the record, so
@@ -89,7 +88,7 @@ def load_original(client, run_id: str, uri: str):
 
 
 def _leaves(cfg: DictConfig) -> list[str]:
-    return list(pd.json_normalize(OmegaConf.to_container(cfg, enum_to_str=True), sep=".").columns)
+    return list(flatten(OmegaConf.to_container(cfg, enum_to_str=True)))
 
 
 def rerun_config(cfg: DictConfig, tags: dict[str, str], uri: str,
@@ -199,7 +198,7 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
     uri_given = overrides.get("mlflow.tracking_uri")
     mlflow_cfg = OmegaConf.create({"tracking_uri": uri_given})
     uri = tracking.tracking_uri(mlflow_cfg)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+    if (path := stores.sqlite_path(uri)) is not None and not path.exists():
         raise RerunError(f"no MLflow run {run_id!r} in {tracking.mask_url(uri)}: that database file "
                          "does not exist")  # opening it would create an empty store
     try:

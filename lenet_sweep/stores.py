@@ -84,14 +84,18 @@ def _first_line(exc: BaseException) -> str:
     return redact(lines[0] if lines else type(orig).__name__)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL; None for any other URL (a server, a journal path)."""
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
 def check_database(url: str, key: str) -> None:
     """Connect to a SQLAlchemy database URL once, with a short timeout."""
     import sqlalchemy
     import sqlalchemy.exc
 
     shown = redact(url)
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+    if (path := sqlite_path(url)) is not None:
         check_writable_dir(path.parent, f"{key}={shown}")
         if not path.exists():  # connecting would create it: a writable folder is all there is to check
             return

@@ -13,12 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import PROJECT_ROOT, stores
+from lenet_sweep.config import flatten
 from lenet_sweep.redaction import redact  # also tracking.redact: masks URL passwords in a text
 
 #: Keys kept out of a run's params: secrets (a URL may hold a password).
@@ -44,9 +44,8 @@ def mask_url(url: str | None) -> str | None:
 def artifact_location(uri: str) -> str | None:
     """Artifacts of a SQLite store go to ``mlruns/`` beside the database file, whatever the cwd;
     a server decides for itself (None)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
-    return None
+    path = stores.sqlite_path(uri)
+    return (path.parent / "mlruns").resolve().as_uri() if path is not None else None
 
 
 _CHECKED: set[str] = set()
@@ -109,8 +108,8 @@ def client_for(mlflow_cfg) -> MlflowClient:
     store is checked once per process first: an unreachable one is a one-line ``StoreError``."""
     uri = check_store(mlflow_cfg)
     if uri not in _CREATED:
-        if uri.startswith("sqlite:///"):  # MLflow creates and migrates the schema on first use:
-            with stores.file_lock(uri[len("sqlite:///"):] + ".lock"):  # one process at a time
+        if (path := stores.sqlite_path(uri)) is not None:  # MLflow creates and migrates the schema on
+            with stores.file_lock(f"{path}.lock"):  # first use: one process at a time
                 MlflowClient(uri).search_experiments(max_results=1)
         _CREATED.add(uri)
     return stores.retry_race(lambda: Client(uri))
@@ -129,8 +128,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
     """Every resolved config value under its dotted key (``optimizer.lr``, ``model.activation``)."""
-    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    flat = pd.json_normalize(tree, sep=".").iloc[0].to_dict()
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return {k: redact(str(v)) for k, v in flat.items() if k not in PRIVATE_KEYS}
 
 

@@ -11,6 +11,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileOpenLock
 
+from lenet_sweep import stores
 from lenet_sweep.stores import default_optuna_storage
 
 
@@ -29,7 +30,7 @@ def ask_lock(storage: BaseStorage, url: str | None, study_name: str) -> Iterator
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         return
-    path = url.removeprefix("sqlite:///") if "://" not in url or url.startswith("sqlite:///") else None
+    path = url if "://" not in url else stores.sqlite_path(url)  # a journal file, a SQLite file
     if path is None:  # another database: Optuna's own atomic trial numbering, no extra lock
         yield
         return

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
+from lenet_sweep.config import flatten
 from lenet_sweep.packing import unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
@@ -46,17 +47,6 @@ log = logging.getLogger(__name__)
 
 class SweepFailed(RuntimeError):
     """The sweep cannot go on (too many failures) or ended with no completed trial."""
-
-
-def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{optimizer: {lr: x}}`` and ``{optimizer.lr: x}`` both become ``{"optimizer.lr": x}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _best(study):
@@ -99,7 +89,7 @@ class SweepRunner:
         s = {**settings.defaults(), **{k: getattr(v, "value", v) for k, v in settings_.items()}}  # enums -> names
         params = s["params"]
         params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
-        s["params"] = _dotted(params or {})
+        s["params"] = flatten(params or {})
         self.s = s
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:

@@ -6,12 +6,12 @@ import copy
 from typing import Mapping
 
 import optuna
-import pandas as pd
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from lenet_sweep import CONF_DIR
+from lenet_sweep.config import flatten
 
 
 
@@ -19,8 +19,8 @@ def _notebook() -> dict:
     """The notebook's model, optimizer and data values, from ``experiment=seed`` (written once, in
     ``conf/experiment/seed.yaml``); its epochs and data limits are not a point to search."""
     seed = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "experiment" / "seed.yaml"))
-    flat = pd.json_normalize({k: seed[k] for k in ("model", "optimizer", "data")}, sep=".").iloc[0]
-    return {k: v for k, v in flat.to_dict().items() if k != "data.train_limit"}
+    flat = flatten({k: seed[k] for k in ("model", "optimizer", "data")})
+    return {k: v for k, v in flat.items() if k != "data.train_limit"}
 
 
 #: The notebook's configuration, enqueued as a study's first trial (keys not in the space are skipped).
