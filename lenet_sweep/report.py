@@ -130,13 +130,9 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no ``tabulate`` needed)."""
-    def cell(v) -> str:
-        return _cell(v, empty="").replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    """A GitHub-flavoured Markdown table (pandas through ``tabulate``), cells as the terminal shows them."""
+    cells = table.map(lambda v: _cell(v, empty="").replace("|", "\\|").replace("\n", " "))
+    return cells.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
 # -- the plots -------------------------------------------------------------------------------------
@@ -229,6 +225,8 @@ def _summary(study: optuna.Study) -> str:
 def parse_args(argv: Sequence[str]) -> dict[str, str | None]:
     """``key=value`` words, as Hydra takes them; ``hydra.sweeper.study_name`` / ``.storage`` work too,
     so a sweep's own overrides can be pasted."""
+    # by hand, not OmegaConf.from_cli: the values are names and paths, taken verbatim (YAML would
+    # read a study named 007 as 7)
     options = dict(DEFAULTS)
     for word in argv:
         key, sep, value = word.partition("=")

@@ -28,7 +28,6 @@ import tempfile
 from typing import Any
 
 import pandas as pd
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import devices, provenance, stores, tracking
@@ -46,16 +45,14 @@ class RerunError(UserError):
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """The run id and ``key=value`` overrides (OmegaConf's command-line grammar: values are YAML)."""
     args = [a for a in argv if a]
     if not args or args[0].startswith("-") or "=" in args[0]:
         raise RerunError(f"give the MLflow run id first; {USAGE}")
-    overrides = {}
-    for arg in args[1:]:
-        key, eq, value = arg.partition("=")
-        if not eq or not key:
-            raise RerunError(f"{arg!r} is not key=value; {USAGE}")
-        overrides[key] = yaml.safe_load(value) if value else None
-    return args[0], overrides
+    bare = [a for a in args[1:] if "=" not in a or a.startswith("=")]
+    if bare:
+        raise RerunError(f"{bare[0]!r} is not key=value; {USAGE}")
+    return args[0], flatten(OmegaConf.to_container(OmegaConf.from_cli(args[1:])))
 
 
 def _select(cfg: DictConfig, key: str):
@@ -240,8 +237,12 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"{__doc__.strip()}\n\n{USAGE}")
+        return
     try:
-        run_id, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        run_id, overrides = parse_args(argv)
         rerun(run_id, overrides)
     except UserError as exc:
         sys.exit(f"error: {exc}")
