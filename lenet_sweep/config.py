@@ -94,6 +94,22 @@ class TrainerConfig:
     fast: bool = True  # in-graph training loop over in-memory tensors; false: Keras fit on tf.data
     steps_per_execution: int = 100  # batches per compiled call; batch callbacks/progress bar update this often
     jit_compile: Optional[bool] = None  # XLA; null: the fast path measures which is faster here (README)
+    # Resuming (lenet_sweep/checkpoint.py). At each epoch end the run keeps checkpoint.npz in its job
+    # folder (Hydra's output folder: outputs/DATE/TIME, a sweep trial's <sweep dir>/<number>), rewritten
+    # atomically. It is removed when the run ends (completed, pruned, or diverged: a resume would
+    # diverge again) unless keep_checkpoint, and kept when the run was interrupted (Ctrl-C, SIGTERM, a
+    # kill) or failed otherwise (the MLflow store, a crash): that is what a resume continues.
+    checkpoint: bool = True  # false: write none
+    checkpoint_dir: Optional[str] = None  # null: the job's Hydra output folder (none outside Hydra)
+    keep_checkpoint: bool = False  # true: the last checkpoint stays when the run ends
+    # The job folder of an interrupted run (as Hydra printed it, e.g. outputs/2025-01-31/12-00-00) or
+    # its checkpoint.npz: this run continues it from its last completed epoch, into the SAME MLflow
+    # run, and ends with exactly the metrics an uninterrupted run would have (same machine). Keep every
+    # other key as it was (only mlflow.*, data.dir, trainer.verbose and these checkpoint keys may
+    # change). The new run gets its own Hydra folder and carries the checkpoint on there: resume a
+    # second interruption from that folder. A sweep's retried trial resumes from its failed
+    # attempt's folder by itself (lenet_sweep.trial.TrialPayload.resume_from).
+    resume: Optional[str] = None
 
 
 @dataclass

@@ -14,13 +14,19 @@ in ``model.history``; the same number of updates per epoch (the last batch may b
 What it gives up: ``on_train_batch_begin/end`` are called once per chunk of ``steps_per_execution``
 batches (as Keras does with ``steps_per_execution``), and the ``on_test_*`` hooks are not called.
 Validation runs in batches of :data:`EVAL_BATCH` (the mean is the same, up to float rounding).
+
+Resuming: ``fit(resume=LoopState(...))`` continues after the epochs a checkpoint holds (the model's
+and optimizer's variables restored by the caller) with the batch order and XLA variant the
+uninterrupted run would have used next, so it ends with the same bits; ``after_epoch`` hands the
+caller the loop's state at each epoch end to save (:mod:`lenet_sweep.checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from lenet_sweep.quiet import import_tensorflow
 
@@ -146,6 +152,15 @@ class JitChooser:
             self.trainers[jit] = InGraphTrainer(self.model, self.batch_size, jit)
         return self.trainers[jit]
 
+    def state(self) -> dict:
+        """What a resumed run needs to train its next chunks with the variant this one would use."""
+        return {"jit": self.jit, "plan": [list(p) for p in self.plan],
+                "per_step": {str(k).lower(): v for k, v in self.per_step.items()}}
+
+    def restore(self, state: dict) -> None:
+        self.jit, self.plan = bool(state["jit"]), [tuple(p) for p in state["plan"]]
+        self.per_step = {k == "true": v for k, v in state["per_step"].items()}
+
     def train_steps(self, x, y, perm, begin: int, end: int) -> None:
         if not self.plan:
             return self.trainer().train_steps(x, y, perm, begin, end)
@@ -158,12 +173,28 @@ class JitChooser:
             self.jit = MEASURED[self.key] = self.per_step[True] < self.per_step[False]
 
 
+@dataclass
+class LoopState:
+    """Where the loop stands at an epoch boundary, besides the model's and optimizer's variables:
+    what a resumed :func:`fit` needs to go on exactly as the uninterrupted one would."""
+
+    epoch: int = 0  # epochs completed
+    rng: dict | None = None  # the batch-order Generator's ``bit_generator.state`` after them
+    jit: dict | None = None  # :meth:`JitChooser.state`; None: choose afresh
+
+
 def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
         validation_data: tuple | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
-        verbose: int = 1, steps_per_execution: int = 1,
-        jit_compile: bool | None = False) -> tuple[keras.callbacks.History, InGraphTrainer]:
+        verbose: int = 1, steps_per_execution: int = 1, jit_compile: bool | None = False,
+        resume: LoopState | None = None, after_epoch: Callable[[LoopState], None] | None = None,
+        ) -> tuple[keras.callbacks.History, InGraphTrainer]:
     """Train a compiled ``model`` on tensors ``x``, ``y`` (see the module docstring).
     ``jit_compile=None`` measures which is faster here, XLA or not (:class:`JitChooser`).
+
+    ``resume``: continue after ``resume.epoch`` epochs (the model's and optimizer's variables already
+    restored): the next epoch's batch order, and the XLA variant of its chunks, are those the
+    uninterrupted run would have used. ``after_epoch`` gets the loop's state at every epoch end after
+    the callbacks' ``on_epoch_end``, unless training stops there (a pruned trial).
 
     Returns the History (also in ``model.history``) and the trainer (its ``evaluate`` is fast; its
     ``jit_compile`` says which variant trained).
@@ -174,12 +205,22 @@ def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
     chooser = JitChooser(model, batch_size, x, jit_compile,
                          chunks=count_chunks(n, batch_size, epochs, steps_per_execution))
     rng = np.random.default_rng(seed)
+    start = 0
+    if resume is not None:
+        start = resume.epoch
+        if resume.rng is not None:
+            rng.bit_generator.state = resume.rng
+        else:  # no generator state saved: the same draws again
+            for _ in range(start):
+                rng.permutation(n)
+        if resume.jit is not None:
+            chooser.restore(resume.jit)
     cbs = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                        model=model, verbose=verbose, epochs=epochs, steps=steps)
     model.stop_training = False
     cbs.on_train_begin()
     logs: dict[str, float] = {}
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         model.reset_metrics()
         cbs.on_epoch_begin(epoch)
         perm = tf.constant(rng.permutation(n).astype(np.int32))
@@ -197,5 +238,7 @@ def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
+        if after_epoch is not None:
+            after_epoch(LoopState(epoch + 1, rng.bit_generator.state, chooser.state()))
     cbs.on_train_end(logs)
     return model.history, chooser.trainer()

@@ -8,6 +8,14 @@ trial's records (:func:`lenet_sweep.train.record_start` / :func:`~lenet_sweep.tr
 params, provenance, per-epoch metrics, test metrics, pictures, ``.weights.h5``) plus a tag
 ``pack`` (``slot/size``); its Optuna trial gets each epoch's report and may be pruned.
 
+At each pack epoch every training slot keeps its trial's checkpoint in the trial's folder
+(:mod:`lenet_sweep.checkpoint`: the slot's weights, its SGD velocities laid out as Keras' SGD
+momentums, its batch-order generator, the history), as an unpacked trial does. A retried trial
+(``TrialPayload.resume_from``: its failed attempt's folder) enters its slot where that attempt's
+checkpoint stood, packed or not: bit for bit the uninterrupted trial in a pack of the same size (a
+slot's arithmetic does not depend on its place or neighbours), equal up to float rounding in another
+size of pack or unpacked (other kernels).
+
 Like :mod:`lenet_sweep.train`, this is the job side of the sweeper ↔ worker protocol
 (:mod:`lenet_sweep.trial`): it does not import ``lenet_sweep.sweep``.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +34,7 @@ from typing import Any
 from hydra.core.utils import run_job
 from omegaconf import DictConfig, open_dict
 
-from lenet_sweep import data, devices, tracking
+from lenet_sweep import checkpoint, data, devices, tracking
 from lenet_sweep.config import ConfigError, UserError, validate
 from lenet_sweep.model import _name, format_shape_table
 from lenet_sweep.packed import PackedLeNet, SlotParams
@@ -50,6 +59,9 @@ class Trial:
     logger: Any  # lenet_sweep.train.EpochLogger
     epoch: int = 0
     stopped: bool = False
+    folder: Path | None = None  # where its checkpoint goes (trainer.checkpoint*; None: none)
+    source: str | None = None  # the failed attempt's folder it resumed from
+    checkpoint_seconds: float = 0.0
 
 
 class PackWorker:
@@ -95,6 +107,9 @@ class PackWorker:
         payload = TrialPayload.read(output_dir)
         if payload is None:
             raise RuntimeError(f"no {output_dir}/.trial.json: a packed worker runs sweep trials only")
+        if cfg.trainer.resume:
+            raise ConfigError(f"trainer.resume={cfg.trainer.resume} continues one run, not a sweep's trials "
+                              "(a sweep's retried trial resumes from its failed attempt by itself)")
         why = unpackable(cfg)
         if why:
             raise ConfigError(f"this trial cannot be packed: {why}")
@@ -110,12 +125,20 @@ class PackWorker:
                               f"{', '.join(PACKED_KEYS)}: run it with hydra.launcher.pack=1")
         params = SlotParams(lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
                             nesterov=cfg.optimizer.nesterov, activation=_name(cfg.model.activation))
+        ckpt = None
+        if payload.resume_from:  # a retried trial: its failed attempt's checkpoint, if it wrote one
+            ckpt = checkpoint.read(payload.resume_from)
+            if ckpt is not None:
+                checkpoint.check(ckpt, cfg, payload.resume_from, named=False)
         reporter = Reporter(payload)
         model = self.pack.assign(slot, params, cfg.seed)  # its initial model: for the record
         client = tracking.client_for(cfg.mlflow)
         run_id = payload.run_id
         tags = {"hydra.overrides": tracking.redact(task_overrides), "device": self.device,
                 "pack": f"{slot}/{self.size}"}
+        if ckpt is not None:
+            tags.update({"resumed_from": tracking.redact(payload.resume_from),
+                         "resumed_at_epoch": str(ckpt.epoch)})
         tracking.log_params(client, run_id, {}, tags)
         try:
             record_start(client, run_id, cfg, model, self.splits, format_shape_table(model))
@@ -123,7 +146,52 @@ class PackWorker:
             tracking.end_run(client, run_id, exc)
             raise
         logger = EpochLogger(client, run_id, len(self.splits.x_train))
-        self.slots[slot] = Trial(idx, overrides, cfg, output_dir, payload, reporter, client, run_id, logger)
+        tc = cfg.trainer
+        folder = None
+        if tc.checkpoint:
+            folder = Path(tc.checkpoint_dir).expanduser() if tc.checkpoint_dir else output_dir
+        trial = Trial(idx, overrides, cfg, output_dir, payload, reporter, client, run_id, logger,
+                      folder=folder, source=payload.resume_from)
+        self.slots[slot] = trial
+        if ckpt is not None:
+            self._resume(slot, trial, ckpt)
+
+    def _resume(self, slot: int, trial: Trial, ckpt: checkpoint.Checkpoint) -> None:
+        """The slot continues its failed attempt: its state restored, the attempt's epochs logged to
+        this trial's run and reported to its Optuna trial (without asking the pruner: it judges the
+        first epoch trained here), its checkpoint carried into this trial's folder."""
+        shapes = [tuple(w.shape[1:]) for w in self.pack.weights]
+        self.pack.restore(slot, ckpt.epoch, ckpt.weights, checkpoint.sgd_velocities(ckpt, shapes), ckpt.rng)
+        trial.epoch = ckpt.epoch
+        trial.logger.replay(ckpt.history)
+        for epoch, logs in enumerate(ckpt.history):
+            value = logs.get(trial.payload.monitor)
+            if value is not None and math.isfinite(value):
+                trial.reporter.report(epoch, value, ask=False)
+        self._checkpoint([slot])
+
+    def _checkpoint(self, slots: list[int]) -> None:
+        """The trials of ``slots`` keep their resume point in their folders (trainer.checkpoint)."""
+        slots = [k for k in slots if self.slots[k] is not None and self.slots[k].folder is not None]
+        if not slots:
+            return
+        start = time.perf_counter()
+        states = self.pack.slot_states(slots)
+        share = (time.perf_counter() - start) / len(slots)
+        for k in slots:
+            trial, (weights, velocities, rng) = self.slots[k], states[k]
+            begin = time.perf_counter()
+            opt = checkpoint.sgd_variables(trial.epoch * self.pack.steps, trial.cfg.optimizer.lr,
+                                           trial.cfg.optimizer.momentum, velocities)
+            checkpoint.Checkpoint(trial.epoch, weights, opt, trial.logger.history,
+                                  checkpoint.fingerprint(trial.cfg), trial.run_id, rng).write(trial.folder)
+            trial.checkpoint_seconds += share + time.perf_counter() - begin
+
+    def _discard_checkpoints(self, trial: Trial) -> None:
+        """The trial ended: no resume point stays (unless trainer.keep_checkpoint)."""
+        if not trial.cfg.trainer.keep_checkpoint:
+            for where in (trial.folder, trial.source):
+                checkpoint.remove(where)
 
     def _take(self) -> None:
         """Fill free slots with the trials waiting in the inbox; block for one only while no slot
@@ -142,10 +210,16 @@ class PackWorker:
             try:
                 self._start(slot, idx, overrides)
             except Exception as exc:  # this trial fails; the pack goes on
+                if self.slots[slot] is not None:  # failed while resuming: its run is open
+                    self._fail(slot, exc)
+                    continue
                 if self.pack is not None:
                     self.pack.release(slot)
                 log.warning("trial job %s failed before training: %s", idx, tracking.error_line(exc))
                 self.emit(idx, overrides, None, exc)
+                continue
+            if self.slots[slot].epoch >= self.slots[slot].cfg.trainer.epochs:  # resumed after its last
+                self._finish(slot)  # epoch (the attempt died recording): test and record only
 
     # -- an epoch -------------------------------------------------------------------------------
     def _epoch(self) -> None:
@@ -154,7 +228,7 @@ class PackWorker:
         spe = next(filter(None, self.slots)).cfg.trainer.steps_per_execution  # the same in a pack
         train = self.pack.train_epoch(spe)
         val, _ = self.pack.evaluate(self.tensors.x_val, self.tensors.y_val)
-        done = []
+        done, going_on = [], []
         for slot, trial in enumerate(self.slots):
             if trial is None:
                 continue
@@ -168,10 +242,19 @@ class PackWorker:
                 self._fail(slot, exc)
                 continue
             trial.epoch += 1
+            if not trial.stopped:  # a pruned trial's epoch is not a resume point
+                going_on.append(slot)
             if trial.stopped or trial.epoch >= trial.cfg.trainer.epochs:
                 done.append(slot)
+        try:
+            self._checkpoint(going_on)
+        except Exception as exc:  # (a full disk): those trials fail, the pack goes on
+            for slot in going_on:
+                if slot not in done:
+                    self._fail(slot, exc)
         for slot in done:
-            self._finish(slot)
+            if self.slots[slot] is not None:
+                self._finish(slot)
 
     def _finish(self, slot: int) -> None:
         """The slot is free at once; the trial's test evaluation and record (on its own standard
@@ -199,7 +282,12 @@ class PackWorker:
             metrics = record_end(trial.client, trial.run_id, model, self.splits, trial.logger.history, test,
                                  tester.predict_classes, xla=False, stopped=trial.stopped,
                                  output_dir=trial.output_dir)
+            if trial.checkpoint_seconds:
+                tracking.log_metrics(trial.client, trial.run_id,
+                                     {"checkpoint_seconds": trial.checkpoint_seconds},
+                                     step=len(trial.logger.history) - 1)
             tracking.end_run(trial.client, trial.run_id)
+            self._discard_checkpoints(trial)
             registry.register_if_asked(trial.client, trial.run_id, trial.cfg)
             trial.reporter.raise_if_pruned()
             value = objective(metrics, trial.cfg.objective)
@@ -218,6 +306,8 @@ class PackWorker:
         import optuna
 
         trial.logger.close(quiet=True)
+        if isinstance(exc, (optuna.TrialPruned, UserError)):  # ended (a diverged loss would diverge
+            self._discard_checkpoints(trial)  # again); an interruption or a crash keeps its resume point
         if not isinstance(exc, optuna.TrialPruned):
             if not isinstance(exc, UserError):
                 log.warning("trial job %s failed: %s", trial.idx, tracking.error_line(exc))

@@ -110,6 +110,26 @@ class PackedLeNet:
         """``slot``'s weights in :func:`build_lenet`'s order (``model.set_weights`` takes them)."""
         return [w[slot].numpy() for w in self.weights]
 
+    def slot_states(self, slots) -> dict[int, tuple[list[np.ndarray], list[np.ndarray], dict]]:
+        """Each of ``slots``' resume point: its weights and SGD velocities (:func:`build_lenet`'s
+        order) and its batch-order generator's state; every variable is read once for all of them."""
+        weights, velocity = [w.numpy() for w in self.weights], [v.numpy() for v in self.velocity]
+        return {k: ([w[k] for w in weights], [v[k] for v in velocity], self.rngs[k].bit_generator.state)
+                for k in slots}
+
+    def restore(self, slot: int, epochs: int, weights, velocities, rng_state: dict | None) -> None:
+        """Continue ``slot``'s trial (just :meth:`assign`-ed) after ``epochs`` epochs: its weights,
+        velocities and batch-order generator as a checkpoint saved them (no generator state: the
+        ``epochs`` draws again)."""
+        for var, vel, w, m in zip(self.weights, self.velocity, weights, velocities):
+            var[slot].assign(w)
+            vel[slot].assign(m)
+        if rng_state is not None:
+            self.rngs[slot].bit_generator.state = rng_state
+        else:
+            for _ in range(epochs):
+                self.rngs[slot].permutation(self.n)
+
     def to_keras(self, slot: int, activation: str) -> keras.Sequential:
         """A standard LeNet holding ``slot``'s weights (``save_weights`` writes a usual file)."""
         model = self._lenet(activation)

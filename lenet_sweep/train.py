@@ -1,4 +1,5 @@
-"""train(cfg) -> metrics: data, model, fit with callbacks, evaluate, log everything to MLflow."""
+"""train(cfg) -> metrics: data, model, fit with callbacks, evaluate, log everything to MLflow; a
+checkpoint at each epoch end, and resuming from one (lenet_sweep.checkpoint)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from lenet_sweep.quiet import import_tensorflow
 
@@ -18,8 +19,8 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import data, devices, provenance, registry, tracking
-from lenet_sweep.config import ConfigError, TrainingDiverged, validate
+from lenet_sweep import checkpoint, data, devices, provenance, registry, tracking
+from lenet_sweep.config import ConfigError, TrainingDiverged, UserError, validate
 from lenet_sweep.model import build_lenet, format_shape_table
 from lenet_sweep.quiet import startup_lines_filtered
 
@@ -31,11 +32,13 @@ class EpochLogger(keras.callbacks.Callback):
 
     The MLflow call runs in a background thread, off the training loop's path; ``close`` waits for
     it (``train`` calls it before anything else goes to the run). ``log_seconds`` is the time spent
-    in those calls."""
+    in those calls. A resumed run's logger gets the earlier epochs through ``replay`` and never logs
+    a step twice (``logged``: the steps its run already holds)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, samples: int):
+    def __init__(self, client: MlflowClient, run_id: str, samples: int, logged: Iterable[int] = ()):
         super().__init__()
         self.client, self.run_id, self.samples = client, run_id, samples
+        self.logged = set(logged)  # steps the run has already (a resumed run's): not logged again
         self.history: list[dict[str, float]] = []
         self.log_seconds = 0.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-epoch-log")
@@ -49,11 +52,25 @@ class EpochLogger(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics.update(epoch_seconds=seconds, samples_per_second=self.samples / seconds)
         self.history.append(metrics)
-        self._pending.append(self._pool.submit(self._log, metrics, epoch))
+        self._submit(metrics, epoch)
         if not math.isfinite(metrics.get("loss", 0.0)):
             self.close()
             raise TrainingDiverged(f"loss is {metrics['loss']} after epoch {epoch}: training diverged"
                                    " (lower optimizer.lr)")
+
+    def replay(self, history: list[dict[str, float]]) -> None:
+        """A resumed run's earlier epochs: its history, and to MLflow the steps the run lacks (all
+        of them in a retried trial's new run; none, or the last few an interruption lost before they
+        were sent, in the run it continues)."""
+        self.history = [dict(m) for m in history]
+        for step, metrics in enumerate(self.history):
+            self._submit(metrics, step)
+
+    def _submit(self, metrics: dict[str, float], step: int) -> None:
+        if step in self.logged:  # a resumed run recomputes an epoch the interruption had logged:
+            return  # the same values (deterministic), logged once
+        self.logged.add(step)
+        self._pending.append(self._pool.submit(self._log, metrics, step))
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         start = time.perf_counter()
@@ -106,7 +123,9 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
         metrics = {f"test_accuracy_{figures.slug(k)}": v for k, v in per_class.items()}
         metrics["figures_seconds"] = time.perf_counter() - start
         tracking.log_metrics(client, run_id, metrics, step=len(history) - 1)
-    except Exception as exc:  # a picture is not worth a failed run
+    except Exception as exc:  # a picture is not worth a failed run; a full disk fails the next write
+        if tracking.write_error(exc):  # anyway: one error line, not a warning first
+            raise
         log.warning("run figures not written: %s: %s", type(exc).__name__, exc)
 
 
@@ -143,10 +162,19 @@ def record_end(client: MlflowClient, run_id: str, model: keras.Model, splits: da
     return metrics
 
 
-def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
-                  callbacks) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray], bool]:
+#: iterators Keras ``fit`` makes of a dataset of known length per epoch (Keras 3's EpochIterator: one
+#: as the epoch starts, one as it ends); each draws the shuffle's next seed (``reshuffle_each_iteration``)
+KERAS_ITERATORS_PER_EPOCH = 2
+
+
+def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits, callbacks, resume=None,
+                  after_epoch=None) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray], bool]:
     """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
     (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data.
+
+    ``resume`` (a :class:`~lenet_sweep.fast_fit.LoopState`, the variables already restored):
+    continue after its epochs; ``after_epoch(LoopState)`` at every epoch end that training goes on
+    from (the checkpoint).
 
     Returns the test metrics, a function giving the predicted class of each image, and whether the
     training step was compiled by XLA (``trainer.jit_compile=null``: the fast path measures)."""
@@ -158,11 +186,19 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits,
         _, trainer = fast_fit.fit(model, t.x_train, t.y_train, batch_size=cfg.data.batch_size,
                                   epochs=tc.epochs, seed=cfg.seed, validation_data=(t.x_val, t.y_val),
                                   callbacks=callbacks, verbose=tc.verbose,
-                                  steps_per_execution=tc.steps_per_execution, jit_compile=tc.jit_compile)
+                                  steps_per_execution=tc.steps_per_execution, jit_compile=tc.jit_compile,
+                                  resume=resume, after_epoch=after_epoch)
         return trainer.evaluate(t.x_test, t.y_test), trainer.predict_classes, trainer.jit_compile
     train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
-    model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, callbacks=callbacks,
-              verbose=tc.verbose, shuffle=False)  # the tf.data pipeline reshuffles every epoch
+    initial_epoch = resume.epoch if resume is not None else 0
+    for _ in range(initial_epoch * KERAS_ITERATORS_PER_EPOCH):  # each iterator made draws the next
+        iter(train_ds)  # shuffle seed: the resumed epoch k reads the order the uninterrupted one read
+    if after_epoch is not None:
+        callbacks = [*callbacks, EpochCheckpoint(after_epoch)]
+    if initial_epoch < tc.epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, callbacks=callbacks,
+                  verbose=tc.verbose, shuffle=False,  # the tf.data pipeline reshuffles every epoch
+                  initial_epoch=initial_epoch)
     test = model.evaluate(test_ds, return_dict=True, verbose=0)
     return ({k: float(v) for k, v in test.items()},
             lambda x: model.predict(x, batch_size=1024, verbose=0).argmax(axis=-1), bool(tc.jit_compile))
@@ -199,20 +235,122 @@ class PruningCallback(keras.callbacks.Callback):
         if value is not None and self.report(epoch, float(value)):
             self.model.stop_training = True
 
+    def replay(self, history: list[dict[str, float]]) -> None:
+        """A retried trial's epochs of its failed attempt: reported to its (new) Optuna trial, so
+        the pruner sees the whole curve, without asking the pruner (it judges the first epoch this
+        attempt trains, as it would have judged that epoch uninterrupted). ``report`` takes ``ask``
+        (:meth:`lenet_sweep.trial.Reporter.report`)."""
+        for epoch, logs in enumerate(history):
+            if logs.get(self.monitor) is not None:
+                self.report(epoch, float(logs[self.monitor]), ask=False)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Keras ``fit`` (``trainer.fast=false``): ``save(LoopState)`` at every epoch end, after the
+    callbacks before it (put it last), unless training stops there."""
+
+    def __init__(self, save: Callable):
+        super().__init__()
+        self.save = save
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.model.stop_training:
+            from lenet_sweep.fast_fit import LoopState
+
+            self.save(LoopState(epoch + 1))
+
+
+def _resume_source(cfg: DictConfig, output_dir: Path | None,
+                   resume_from: str | None) -> tuple[str | None, bool]:
+    """Where this run resumes from, and whether the user named it (``trainer.resume``: a missing
+    checkpoint is an error) or a sweeper did (a retried trial: its failed attempt may have died
+    before its first epoch end, and then the trial starts afresh)."""
+    if resume_from is not None:
+        return str(resume_from), False
+    if cfg.trainer.resume and _in_sweep():
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume} continues one run, not a sweep's trials "
+                          "(a sweep's retried trial resumes from its failed attempt by itself)")
+    if output_dir is not None and _in_sweep():
+        from lenet_sweep.trial import TrialPayload
+
+        payload = TrialPayload.read(output_dir)
+        if payload is not None and payload.resume_from:
+            return payload.resume_from, False
+    if cfg.trainer.resume:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import to_absolute_path
+
+        path = str(Path(cfg.trainer.resume).expanduser())
+        return (to_absolute_path(path) if HydraConfig.initialized() else str(Path(path).resolve())), True
+    return None, False
+
+
+def _load_checkpoint(source: str, named: bool, cfg: DictConfig) -> checkpoint.Checkpoint | None:
+    ckpt = checkpoint.read(source)
+    if ckpt is None:
+        if named:
+            raise ConfigError(f"trainer.resume={source}: no {checkpoint.FILE} there (a run keeps one in "
+                              "its job folder while it trains and removes it when it ends; give the "
+                              "interrupted run's folder, as Hydra printed it)")
+        log.info("no checkpoint in %s: the trial trains from its first epoch", source)
+        return None
+    checkpoint.check(ckpt, cfg, source, named)
+    return ckpt
+
+
+def _reopen(client: MlflowClient, run_id: str, source: str) -> None:
+    """The interrupted run (KILLED, FAILED, or still RUNNING after a kill) runs again."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        run = None
+    if run is None or run.info.lifecycle_stage != "active":
+        raise ConfigError(f"trainer.resume={source}: its MLflow run {run_id} is not in this tracking "
+                          f"store ({tracking.mask_url(client.tracking_uri)}): resume with the "
+                          "mlflow.tracking_uri the run was logged to")
+    client.update_run(run_id, status="RUNNING")
+    if "error" in run.data.tags:
+        client.delete_tag(run_id, "error")
+
+
+def _saver(folder: Path, model: keras.Model, logger: EpochLogger, run_id: str,
+           config: dict[str, str]) -> Callable:
+    """``save(LoopState)``: the run's checkpoint into ``folder``; ``save.seconds``: time spent."""
+    def save(loop) -> None:
+        start = time.perf_counter()
+        weights, optimizer = checkpoint.model_state(model)
+        checkpoint.Checkpoint(loop.epoch, weights, optimizer, logger.history, config, run_id,
+                              loop.rng, loop.jit).write(folder)
+        save.seconds += time.perf_counter() - start
+
+    save.seconds = 0.0
+    return save
+
 
 def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
-          run_id: str | None = None) -> dict[str, float]:
+          run_id: str | None = None, resume_from: str | None = None) -> dict[str, float]:
     """Train and evaluate one configuration; every param, metric and artifact goes to MLflow, into
     a new run or into ``run_id`` (a sweep trial's child run, created by the sweeper).
+
+    At each epoch end the run's checkpoint goes to its job folder (``trainer.checkpoint*``,
+    :mod:`lenet_sweep.checkpoint`). ``trainer.resume=<job folder>`` continues an interrupted run in
+    its own MLflow run; ``resume_from`` (or a sweep trial's ``TrialPayload.resume_from``) continues a
+    failed attempt's checkpoint in ``run_id``, whose run gets the earlier epochs first (as do the
+    callbacks with a ``replay(history)`` method: :class:`PruningCallback` reports them to Optuna).
 
     Returns the final epoch's metrics plus ``test_loss`` and ``test_accuracy``.
     """
     validate(cfg)
     splits = data.load(cfg.data)  # missing/corrupt data fails here, before any MLflow run exists
+    tc = cfg.trainer
+    output_dir, overrides = _hydra_dir()
+    source, named = _resume_source(cfg, output_dir, resume_from)
+    ckpt = _load_checkpoint(source, named, cfg) if source else None  # also before any run exists
     with startup_lines_filtered():  # the first device query prints CUDA start-up lines
         device = devices.configure()
     keras.utils.set_random_seed(cfg.seed)
-    tc = cfg.trainer
     model = build_lenet(cfg.model)
     steps = -(-len(splits.x_train) // cfg.data.batch_size)  # no more than an epoch per call
     model.compile(optimizer=make_optimizer(cfg.optimizer),
@@ -223,20 +361,52 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
         log.info("the model, layer by layer:\n%s", summary)
 
     client = tracking.client_for(cfg.mlflow)
-    output_dir, overrides = _hydra_dir()
+    continues = ckpt is not None and run_id is None and ckpt.run_id is not None  # its own run again
     tags = {"hydra.overrides": tracking.redact(overrides), "device": device}
+    if continues:
+        run_id = ckpt.run_id
+        _reopen(client, run_id, source)
+        tags = {}  # the run keeps what it recorded when it started
+    if ckpt is not None:
+        tags.update({"resumed_from": tracking.redact(source), "resumed_at_epoch": str(ckpt.epoch)})
+    folder = None
+    if tc.checkpoint:
+        folder = Path(tc.checkpoint_dir).expanduser() if tc.checkpoint_dir else output_dir
     with tracking.open_run(client, cfg.mlflow.experiment_name, run_id, cfg.mlflow.run_name,
                            tags) as run_id:
-        record_start(client, run_id, cfg, model, splits, summary)
-        logger = EpochLogger(client, run_id, len(splits.x_train))
+        if not continues:
+            record_start(client, run_id, cfg, model, splits, summary)
+        logged = {m.step for m in client.get_metric_history(run_id, "epoch_seconds")} if continues else ()
+        logger = EpochLogger(client, run_id, len(splits.x_train), logged)
+        save = _saver(folder, model, logger, run_id, checkpoint.fingerprint(cfg)) if folder else None
+        loop = None
+        if ckpt is not None:
+            from lenet_sweep.fast_fit import LoopState
+
+            checkpoint.restore_model(model, ckpt)
+            loop = LoopState(ckpt.epoch, ckpt.rng, ckpt.jit)
+            logger.replay(ckpt.history)
+            for callback in callbacks:
+                getattr(callback, "replay", lambda history: None)(ckpt.history)
+            if save is not None:  # this job's folder holds the newest resume point from now on
+                save(loop)
         try:
-            test, predict_classes, xla = _fit_and_test(model, cfg, splits, [logger, *callbacks])
-        except BaseException:
+            test, predict_classes, xla = _fit_and_test(model, cfg, splits, [logger, *callbacks], loop, save)
+        except BaseException as exc:
             logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
-            raise
+            if isinstance(exc, UserError) and not tc.keep_checkpoint:  # diverged: so would a resume
+                for where in (folder, source):
+                    checkpoint.remove(where)
+            raise  # interrupted (Ctrl-C, SIGTERM) or crashed: the checkpoint stays, to resume from
         logger.close()
         metrics = record_end(client, run_id, model, splits, logger.history, test, predict_classes,
                              xla=xla, stopped=model.stop_training, output_dir=output_dir)
+        if save is not None and save.seconds:
+            tracking.log_metrics(client, run_id, {"checkpoint_seconds": save.seconds},
+                                 step=len(logger.history) - 1)
+    if not tc.keep_checkpoint:  # the run ended: no resume point is left behind
+        for where in (folder, source):
+            checkpoint.remove(where)
     if not _in_sweep():  # a sweep prints one line per trial itself
         log.info(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
                  f"mlflow_run_id={run_id}")

@@ -31,13 +31,22 @@ class TrialPayload:
     pruner: dict[str, Any]  # the pruner's config (``_target_``, ``_partial_``, options)
     monitor: str  # the per-epoch metric reported (the objective, or its val_ form)
     run_id: str  # the MLflow child run the job writes into
+    # A retried trial: the failed attempt's job folder (its output_dir, <sweep dir>/<its number>). The
+    # job continues from the checkpoint there (lenet_sweep.checkpoint), if any, into this payload's
+    # run and trial: the earlier epochs are logged to the run and reported to the trial first.
+    resume_from: str | None = None
 
     def write(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / PAYLOAD_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(self), f)
+        except OSError as exc:  # a full disk: name the file, leave no half payload
+            path.unlink(missing_ok=True)
+            exc.filename = exc.filename or str(path)
+            raise
         return path
 
     @staticmethod
@@ -77,10 +86,11 @@ class Reporter:
         self.trial = optuna.Trial(study, trial_id)
         self.pruned_at: int | None = None
 
-    def report(self, epoch: int, value: float) -> bool:
-        """Record ``value`` for ``epoch``; True when the pruner says stop."""
+    def report(self, epoch: int, value: float, ask: bool = True) -> bool:
+        """Record ``value`` for ``epoch``; True when the pruner says stop. ``ask=False``: record only
+        (a retried trial's epochs of its failed attempt; the pruner judges the first epoch it trains)."""
         self.trial.report(float(value), step=epoch)
-        if self.trial.should_prune():
+        if ask and self.trial.should_prune():
             self.pruned_at = epoch
         return self.pruned_at is not None
 

@@ -99,6 +99,10 @@ def test_a_killed_packed_workers_trials_are_retried_with_their_parameters(tmp_pa
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_until_both_slots_train(client, proc)
+        deadline = time.time() + 120  # and both have kept a checkpoint (written at each epoch's end)
+        while not all((tmp_path / "multirun" / n / "checkpoint.npz").is_file() for n in "01"):
+            assert time.time() < deadline and proc.poll() is None, "no checkpoint written"
+            time.sleep(0.2)
         [worker] = [pid for pid in child_pids(proc.pid) if "multiprocessing" in open(
             f"/proc/{pid}/cmdline").read() and "resource_tracker" not in open(f"/proc/{pid}/cmdline").read()]
         subprocess.run(["kill", "-9", str(worker)], check=True)
@@ -121,6 +125,16 @@ def test_a_killed_packed_workers_trials_are_retried_with_their_parameters(tmp_pa
     assert {n: c.info.status for n, c in children.items()} == {
         "0": "FAILED", "1": "FAILED", "2": "FINISHED", "3": "FINISHED"}
     assert children["0"].data.tags["optuna.fail_reason"].startswith("the worker process died")
+    # each retry resumed from its failed attempt's last checkpoint (both had trained an epoch or more)
+    # and its run holds the whole series once: 30 epochs, steps 0..29
+    for trial in study.trials[2:]:
+        child = children[str(trial.number)]
+        attempt = trial.system_attrs["retry_history"][-1]
+        assert child.data.tags["resumed_from"] == str(tmp_path / "multirun" / str(attempt))
+        assert int(child.data.tags["resumed_at_epoch"]) >= 1
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
+        assert steps == list(range(30))
+        assert sorted(trial.intermediate_values) == list(range(30))
 
 
 def test_sigterm_ends_every_slot_of_a_pack_killed(tmp_path, client):

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY, all_runs, copy_stores
 from lenet_sweep import data, provenance
 
-TIMING = ("epoch_seconds", "samples_per_second", "figures_seconds")
+TIMING = ("epoch_seconds", "samples_per_second", "figures_seconds", "checkpoint_seconds")
 
 
 def rerun_cli(args, cwd, timeout=600) -> subprocess.CompletedProcess:

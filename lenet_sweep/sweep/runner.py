@@ -338,11 +338,25 @@ class SweepRunner:
             trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
             TrialPayload(number=trial.number, study_name=study.study_name, storage=self.storage_url,
                          pruner=self.pruner_config, monitor=monitor_for(self.config.objective),
-                         run_id=run_id).write(self.sweep_dir / str(trial.number))
+                         run_id=run_id, resume_from=self._resume_from(study, trial)
+                         ).write(self.sweep_dir / str(trial.number))
         except BaseException as exc:
             self._abandon(study, trial, run_id, exc)
             raise
         return trial, run_id
+
+    def _resume_from(self, study, trial) -> str | None:
+        """A retried trial continues from the newest of its failed attempts that left a checkpoint
+        (an attempt that died before its first epoch ended left none)."""
+        from lenet_sweep.checkpoint import path_of  # no TensorFlow there
+
+        storage = study._storage
+        for number in reversed(storage.get_trial(trial._trial_id).system_attrs.get("retry_history", [])):
+            attempt = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+            folder = Path(attempt.user_attrs.get("output_dir") or self.sweep_dir / str(number))  # another
+            if path_of(folder).is_file():  # sweeper of the study may have run it, in its own folder
+                return str(folder.resolve())
+        return None
 
     def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
         """The job's overrides: the trial's parameters, the fixed ones, and its folder (where its
