@@ -996,12 +996,20 @@ WORKER_DIED = ("the worker process died (killed or out of memory); queued again 
                "(hydra.sweeper.retry_failed=1)")
 
 
+EPOCHS_12 = 12
+
+
 def s12_packed_worker_kill(suite: Suite, d: Path, c: Checks):
     n = 2
     storage, tracking, probe = journal_stores(d)
-    a = suite.sweeper(d, "sweep", storage, tracking, n, data(12), *CALM, "hydra.launcher.pack=2",
+    a = suite.sweeper(d, "sweep", storage, tracking, n, data(EPOCHS_12), *CALM, "hydra.launcher.pack=2",
                       "hydra.sweeper.retry_failed=1", n_jobs=2)
     dead = wait_trainings(probe, a, 300, "the packed worker", 2)
+    deadline = time.monotonic() + 120  # and each has kept a checkpoint (written at the end of an epoch)
+    while not all((d / "sweep" / "multirun" / str(n) / "checkpoint.npz").is_file() for n in dead):
+        if time.monotonic() > deadline or a.poll() is not None:
+            raise ScenarioError(f"trials {dead} wrote no checkpoint within 120 s")
+        time.sleep(0.2)
     workers = [p for p in children(a.pid) if "spawn_main" in cmdline(p)]
     if len(workers) != 1:
         raise ScenarioError(f"expected one packed worker under sweeper {a.pid}, found {workers}")
@@ -1022,8 +1030,17 @@ def s12_packed_worker_kill(suite: Suite, d: Path, c: Checks):
         if retry is not None:
             c.add(retry.system_attrs.get("retry_history") == [number],
                   f"trial {retry.number} retry_history {retry.system_attrs.get('retry_history')}")
-            # where resume lands: the retry's first epoch would be past the killed attempt's last checkpoint
-            c.note(f"trial {retry.number} first reported epoch {min(retry.intermediate_values, default=None)}")
+            # resumed: from the killed attempt's last checkpoint, its run one continuous series
+            run = next((r for r in runs if r.data.tags.get("optuna.trial_number") == str(retry.number)), None)
+            at = run.data.tags.get("resumed_at_epoch") if run is not None else None
+            c.add(at is not None and int(at) >= 1,
+                  f"trial {retry.number} resumed at epoch {at} (killed attempt reported up to {epochs[number]})"
+                  if at else f"trial {retry.number} did not resume (no resumed_at_epoch tag)")
+            if run is not None:
+                steps = [m.step for m in MlflowClient(tracking).get_metric_history(run.info.run_id, "loss")]
+                c.add(steps == list(range(EPOCHS_12)), f"trial {retry.number}'s run: loss at steps "
+                      f"{steps[0] if steps else None}..{steps[-1] if steps else None}, {len(steps)} points "
+                      f"for {EPOCHS_12} epochs, none twice")
     check_total(c, trials, n)
     check_nothing_running(c, trials, runs)
 
@@ -1129,8 +1146,9 @@ SCENARIOS = [
              "hydra.launcher.pack=2, n_jobs=2, retry_failed=1: SIGKILL of the packed worker while both slots "
              "train: both trials FAIL with fail_reason 'the worker process died (killed or out of memory); queued "
              "again with the same parameters (hydra.sweeper.retry_failed=1)', their child runs FAILED; each "
-             "retried once (failed_trial, retry_history) with the same params, COMPLETE; sweep exit 0 with "
-             "exactly n_trials; nothing RUNNING", s12_packed_worker_kill, 600),
+             "retried once (failed_trial, retry_history) with the same params, resumed from the killed attempt's "
+             "last checkpoint (resumed_at_epoch ≥ 1), its run one series (each step once), COMPLETE; sweep exit "
+             "0 with exactly n_trials; nothing RUNNING", s12_packed_worker_kill, 600),
     Scenario("13-full-disk", True,
              "the MLflow artifact store on a 64 KiB tmpfs the suite mounts (root; not run where mounting fails): "
              f"the sweep exits ≠ 0 with one line `error: cannot write <path under it>: {NOSPACE}`, no traceback, "

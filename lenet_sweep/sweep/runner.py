@@ -91,6 +91,7 @@ class SweepRunner:
         params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
         s["params"] = flatten(params or {})
         self.s = s
+        self.extend_space = None  # hydra.sweeper.custom_search_space's function (setup)
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
@@ -104,6 +105,7 @@ class SweepRunner:
             settings.check(self.s)
             self.direction = settings.direction(self.s["direction"], config.objective)
             self.s["pruner"]()  # bad pruner options fail here, before anything starts
+            self.extend_space = settings.custom_search_space(self.s["custom_search_space"])
         except (ValueError, TypeError) as exc:
             reason = " ".join(str(exc).split())
             if isinstance(exc, TypeError) or self.pruner_name in reason:
@@ -157,7 +159,9 @@ class SweepRunner:
         if self.pool_launcher is None:
             return
         if self.pack > 1:
-            why = unpackable(self.config, space)
+            why = unpackable(self.config, space) or (
+                f"hydra.sweeper.custom_search_space={self.s['custom_search_space']} may suggest any key"
+                if self.extend_space else None)
             if why:
                 log.info(f"hydra.launcher.pack={self.pack}: trials not packed ({why}); one trial per worker")
                 self.n_jobs = -(-self.n_jobs // self.pack)
@@ -331,6 +335,8 @@ class SweepRunner:
             trial.set_user_attr("worker", liveness.WORKER)  # before any other sweeper can judge it
         run_id = None
         try:
+            if self.extend_space is not None:
+                self._extend(trial)
             run_id = runs.create_child(self.client, self.experiment_id, self.parent_id,
                                        study.study_name, trial.number)
             trial.set_user_attr("mlflow_run_id", run_id)
@@ -358,10 +364,20 @@ class SweepRunner:
                 return str(folder.resolve())
         return None
 
+    def _extend(self, trial) -> None:
+        """The custom search space's suggestions for ``trial``; its failure is the sweep's, in one line."""
+        try:
+            self.extend_space(self.config, trial)
+        except Exception as exc:
+            raise SweepFailed(f"hydra.sweeper.custom_search_space={self.s['custom_search_space']} failed on "
+                              f"trial {trial.number}: {tracking.error_line(exc, limit=500)}") from None
+
     def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
-        """The job's overrides: the trial's parameters, the fixed ones, and its folder (where its
-        :class:`TrialPayload` waits); nothing else of the sweep reaches the job's config."""
-        return [*(format_override(k, trial.params[k]) for k in space), *fixed,
+        """The job's overrides: the trial's parameters (the space's, then any the custom search space
+        suggested), the fixed ones, and its folder (where its :class:`TrialPayload` waits); nothing
+        else of the sweep reaches the job's config."""
+        keys = [*space, *(k for k in trial.params if k not in space)]
+        return [*(format_override(k, trial.params[k]) for k in keys), *fixed,
                 f"hydra.sweep.subdir={trial.number}"]
 
     def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState | None:

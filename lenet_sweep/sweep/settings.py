@@ -164,6 +164,10 @@ class OptunaSweeperConf:
     retry_failed: int = 0  # re-queue a trial whose sweeper or worker died, at most this many times
     stall_factor: float = 10.0  # a running trial silent this many median epochs is said to be stalled
     stall_floor: float = 60.0  # ... and for at least this many seconds (nothing is killed)
+    # module.function(cfg, trial) called after the space's entries are suggested, to suggest more
+    # (conditional ones: trial.suggest_float("optimizer.beta_1", ...) when trial.params["optimizer"] ==
+    # "adam"), as in Hydra's official Optuna sweeper; keys are override keys
+    custom_search_space: Optional[str] = None
     register_winner: bool = True  # register the best trial's model (mlflow.registered_model), gate @champion
     pruner: Any = MISSING  # hydra/sweeper/pruner=<name>
     params: Dict[str, Any] = field(default_factory=dict)  # the search space, Hydra's grammar
@@ -208,6 +212,20 @@ def check(s: dict) -> None:
         bad("stall_factor", "must be > 1 (epochs of silence)", "10")
     if s["stall_floor"] <= 0:
         bad("stall_floor", "must be > 0 seconds", "60")
+
+
+def custom_search_space(path: str | None):
+    """The function ``hydra.sweeper.custom_search_space`` names, or None; a ValueError naming it."""
+    if path is None:
+        return None
+    from hydra.utils import get_method
+
+    try:
+        return get_method(path)
+    except Exception as exc:  # Hydra's own message says what it could not import
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"hydra.sweeper.custom_search_space={path}: {reason}; name a function "
+                         f"module.function(cfg, trial) importable here") from None
 
 
 def direction(configured: str | None, objective: str) -> str:
