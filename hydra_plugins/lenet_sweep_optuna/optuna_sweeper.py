@@ -19,7 +19,12 @@ class OptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
-        self.runner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        from lenet_sweep.sweep.runner import one_line_errors
+
+        one_line_errors(lambda: self.runner.setup(hydra_context=hydra_context, task_function=task_function,
+                                                  config=config))
 
     def sweep(self, arguments: List[str]) -> Optional[Any]:
-        return self.runner.sweep(arguments)
+        from lenet_sweep.sweep.runner import one_line_errors
+
+        return one_line_errors(lambda: self.runner.sweep(arguments))

@@ -13,7 +13,7 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import optuna
 from hydra.core.plugins import Plugins
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
-from lenet_sweep.config import flatten
+from lenet_sweep.config import UserError, flatten
 from lenet_sweep.packing import unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
@@ -45,8 +45,25 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 log = logging.getLogger(__name__)
 
 
-class SweepFailed(RuntimeError):
+class SweepError(UserError):
+    """The sweep cannot start as configured: its one-line message names the key and the fix."""
+
+
+class SweepFailed(UserError, RuntimeError):
     """The sweep cannot go on (too many failures) or ended with no completed trial."""
+
+
+def one_line_errors(call: Callable[[], Any]) -> Any:
+    """``call()``, with the user's errors (and a disk that refuses a write) as one ``error:`` line and
+    exit code 1: the one place where the sweeper's errors reach the terminal."""
+    try:
+        return call()
+    except UserError as exc:
+        sys.exit(f"error: {' '.join(str(exc).split())}")
+    except OSError as exc:
+        if tracking.write_error(exc) is None:
+            raise
+        sys.exit(f"error: {tracking.write_error(exc)}")
 
 
 def _best(study):
@@ -109,8 +126,8 @@ class SweepRunner:
         except (ValueError, TypeError) as exc:
             reason = " ".join(str(exc).split())
             if isinstance(exc, TypeError) or self.pruner_name in reason:
-                sys.exit(f"error: hydra/sweeper/pruner={self.pruner_name}: {reason}")
-            sys.exit(f"error: {reason}")
+                raise SweepError(f"hydra/sweeper/pruner={self.pruner_name}: {reason}") from None
+            raise SweepError(reason) from None
         self.pack = getattr(launcher, "pack", 1)
         if self.pack is None:  # hydra.launcher.pack=null: from the devices
             gpus = devices.visible_gpus()
@@ -118,16 +135,16 @@ class SweepRunner:
                                                              config.data.batch_size)
             log.info(f"hydra.launcher.pack={self.pack} (chosen for {'GPU' if gpus else 'CPU'})")
         if self.pack < 1 or (self.pack > 1 and not launcher.asynchronous):
-            sys.exit(f"error: hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
-                     "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
+            raise SweepError(f"hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
+                             "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
         workers = devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
         self.n_jobs = self.s["n_jobs"] or workers * self.pack
         n_workers = getattr(launcher, "n_workers", None)
         if n_workers is not None and n_workers * self.pack < self.n_jobs:
             slots = f" (x hydra.launcher.pack={self.pack} trials each)" if self.pack > 1 else ""
-            sys.exit(f"error: hydra.launcher.n_workers={n_workers}{slots} is fewer than the "
-                     f"{self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
-                     f"hydra.launcher.n_workers null (it follows n_jobs) or set both to the same number")
+            raise SweepError(f"hydra.launcher.n_workers={n_workers}{slots} is fewer than the "
+                             f"{self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
+                             f"hydra.launcher.n_workers null (it follows n_jobs) or set both to the same number")
         self.pool_launcher = launcher if hasattr(launcher, "start") else None  # lenet_pool
         if getattr(launcher, "asynchronous", False):
             self.launcher = launcher
@@ -189,12 +206,8 @@ class SweepRunner:
             self.client = tracking.client_for(self.config.mlflow)
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
                                         direction=self.direction, load_if_exists=True)
-        except (SearchSpaceError, stores.StoreError, ValueError, TypeError) as exc:
-            sys.exit(f"error: {' '.join(str(exc).split())}")
-        except OSError as exc:  # a full disk (the study's journal): the path and the reason
-            if tracking.write_error(exc) is None:
-                raise
-            sys.exit(f"error: {tracking.write_error(exc)}")
+        except (SearchSpaceError, ValueError, TypeError) as exc:  # a store's own errors are UserErrors
+            raise SweepError(str(exc)) from None
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
             study.set_metric_names([self.config.objective])
         experiment = self.config.mlflow.experiment_name
@@ -220,12 +233,6 @@ class SweepRunner:
                     return self._finish(study)  # the workers still up: one registers the winner
                 finally:
                     self.launcher.shutdown()
-        except SweepFailed as exc:
-            sys.exit(f"error: {exc}")
-        except OSError as exc:  # a full disk (artifacts, the sweep folder): the path and the reason
-            if tracking.write_error(exc) is None:
-                raise
-            sys.exit(f"error: {tracking.write_error(exc)}")
         except KeyboardInterrupt:
             print("[sweep] interrupted (Ctrl-C): running trials marked FAIL, their runs KILLED",
                   flush=True)
