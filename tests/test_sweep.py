@@ -56,6 +56,11 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(calm_sweep, tmp_path):
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.tags["best_trial_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
     assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # where the sweep's own time went: its phases, within its wall time
+    phases = {k: v for k, v in parent.data.metrics.items() if k.startswith("sweep.")}
+    parts = [f"sweep.{p}_seconds" for p in ("startup", "trials", "results", "report", "registration")]
+    assert set(phases) == {*parts, "sweep.wall_seconds"} and all(v > 0 for v in phases.values())
+    assert sum(phases[p] for p in parts) <= phases["sweep.wall_seconds"]
 
     results = yaml.safe_load((folder / "multirun" / "optimization_results.yaml").read_text())
     assert results["best_trial"] == study.best_trial.number

@@ -29,6 +29,7 @@ from lenet_sweep.sweep.ask_lock import ask_lock
 from lenet_sweep.sweep.console import SweepConsole
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
+from lenet_sweep.sweep.phases import SweepPhases
 from lenet_sweep.sweep.stall import StallWatch
 from lenet_sweep.sweep.pool import JobFailed, WorkerDied
 from lenet_sweep.trial import TrialPayload, monitor_for
@@ -109,6 +110,7 @@ class SweepRunner:
         s["params"] = flatten(params or {})
         self.s = s
         self.extend_space = None  # hydra.sweeper.custom_search_space's function (setup)
+        self.phases = SweepPhases()
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
@@ -280,11 +282,13 @@ class SweepRunner:
                         break
                     running[launcher.submit(self._overrides(*started, space, fixed),
                                             started[0].number)] = started
+                    self.phases.trial_started()
                     started = None
                 launcher.flush()
                 if not running:
                     if studies.count_finished(study) >= self.n_trials or self._timed_out(deadline) \
                             or not studies.count_running(study):
+                        self.phases.trials_ended()
                         return
                     time.sleep(poll)  # the rest of the budget runs in other workers
                     continue
@@ -489,12 +493,13 @@ class SweepRunner:
         client, parent_id, storage_url = self.client, self.parent_id, self.storage_url
         table = study.trials_dataframe().rename(columns=lambda c: c.removeprefix("user_attrs_"))
         csv = self.sweep_dir / "trials.csv"
-        with tracking.writing(csv):
+        with self.phases.phase("results"), tracking.writing(csv):
             table.to_csv(csv, index=False)
-        client.log_artifact(parent_id, str(csv))
+            client.log_artifact(parent_id, str(csv))
         from lenet_sweep.report import write_sweep_report  # ranked table + plots; never raises
 
-        write_sweep_report(study, client, parent_id, self.sweep_dir)
+        with self.phases.phase("report"):
+            write_sweep_report(study, client, parent_id, self.sweep_dir)
         states = table["state"].value_counts().to_dict() if len(table) else {}
         if not states.get("COMPLETE"):
             failed = [t for t in study.trials if t.state == TrialState.FAIL]
@@ -508,7 +513,7 @@ class SweepRunner:
             "best_params": best.params, "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
             "output_dir": best.user_attrs.get("output_dir"), "trials": states,
         }
-        with tracking.writing(self.sweep_dir / "optimization_results.yaml"):
+        with self.phases.phase("results"), tracking.writing(self.sweep_dir / "optimization_results.yaml"):
             OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
         tracking.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()},
                             tags={"best_trial_number": best.number,
@@ -519,14 +524,14 @@ class SweepRunner:
               f"[sweep] results: {self.sweep_dir / 'optimization_results.yaml'}", flush=True)
         from lenet_sweep import registry  # the winner as a new model version; never raises
 
-        if not self.s["register_winner"]:
-            return results
-        # one registration at a time per registered model among the sweepers of this storage: those
-        # sharing a study register its winner once, and read the champion one after the other
-        name = self.config.mlflow.get("registered_model") or "lenet_sweep"
-        with ask_lock(study._storage, storage_url, f"register.{name}"):
-            registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow,
-                                           model_logger=self._model_logger())
+        if self.s["register_winner"]:
+            # one registration at a time per registered model among the sweepers of this storage: those
+            # sharing a study register its winner once, and read the champion one after the other
+            name = self.config.mlflow.get("registered_model") or "lenet_sweep"
+            with self.phases.phase("registration"), ask_lock(study._storage, storage_url, f"register.{name}"):
+                registry.register_sweep_winner(client, parent_id, best, study.study_name, self.config.mlflow,
+                                               model_logger=self._model_logger())
+        tracking.log_metrics(client, parent_id, self.phases.metrics())
         return results
 
     def _model_logger(self):
