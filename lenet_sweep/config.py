@@ -90,7 +90,9 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 10
-    verbose: int = 1  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
+    # Keras progress: 0 silent, 1 bar, 2 one line per epoch; null: 1 for a single run, 0 in a sweep's
+    # trials (the sweep prints one line per trial; trainer.verbose=1 brings their bars back)
+    verbose: Optional[int] = None
     fast: bool = True  # in-graph training loop over in-memory tensors; false: Keras fit on tf.data
     steps_per_execution: int = 100  # batches per compiled call; batch callbacks/progress bar update this often
     jit_compile: Optional[bool] = None  # XLA; null: the fast path measures which is faster here (README)

@@ -343,6 +343,8 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
     Returns the final epoch's metrics plus ``test_loss`` and ``test_accuracy``.
     """
     validate(cfg)
+    if cfg.trainer.verbose is None:  # null: Keras' progress for a single run, silence in a sweep's trial
+        cfg.trainer.verbose = 0 if _in_sweep() else 1  # (the sweep prints a line per trial)
     splits = data.load(cfg.data)  # missing/corrupt data fails here, before any MLflow run exists
     tc = cfg.trainer
     output_dir, overrides = _hydra_dir()

@@ -46,7 +46,9 @@ def run_in_terminal(args, cwd) -> str:
 
 @pytest.mark.sweep
 def test_a_sweep_in_a_terminal_shows_a_status_line_and_one_line_per_trial(tmp_path):
-    shown = run_in_terminal(sweep_args(tmp_path, *CALM, n_trials=2), tmp_path)
+    # the trials' verbosity left at its default (conftest's TINY sets trainer.verbose=0): quiet in a sweep
+    args = [a for a in sweep_args(tmp_path, *CALM, n_trials=2) if a != "trainer.verbose=0"]
+    shown = run_in_terminal(args, tmp_path)
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     # the status line is redrawn in place (carriage returns): done/total, running, best with its params
@@ -58,4 +60,7 @@ def test_a_sweep_in_a_terminal_shows_a_status_line_and_one_line_per_trial(tmp_pa
     for trial in study.trials:
         [line] = [x for x in ended if x.startswith(f"[sweep] trial {trial.number} ")]
         assert f"val_accuracy={trial.value:.4f} | lr={trial.params['optimizer.lr']:.4g} " in line
-    assert "━" not in shown and "Epoch 1/1" not in shown  # no Keras progress bar
+    assert "━" not in shown and "Epoch 1/1" not in shown  # no Keras progress bar, no layer table
+    assert "layer by layer" not in shown
+    # no store-creation or study-creation notes from MLflow and Optuna
+    assert "Creating initial MLflow database tables" not in shown and "A new study created" not in shown

@@ -114,6 +114,10 @@ class SweepRunner:
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
+        # the console is the sweep's (lenet_sweep.sweep.console): no store-creation or study-creation
+        # notes from MLflow and Optuna in it
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
         self.pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
