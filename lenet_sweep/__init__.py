@@ -14,3 +14,13 @@ PROJECT_ROOT = _CHECKOUT if IN_CHECKOUT else Path.cwd()
 
 #: Hydra's config folder: the checkout's ``conf/``, or the copy installed inside the package.
 CONF_DIR = _CHECKOUT / "conf" if IN_CHECKOUT else _PACKAGE / "conf"
+
+
+def __getattr__(name: str):
+    """``lenet_sweep.run`` and ``lenet_sweep.sweep``: the Python API (:mod:`lenet_sweep.api`), imported
+    when first used (the command line does not need it)."""
+    if name in ("run", "sweep"):
+        from lenet_sweep import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lenet_sweep' has no attribute {name!r}")
