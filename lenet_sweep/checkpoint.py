@@ -127,6 +127,24 @@ def fingerprint(cfg: DictConfig) -> dict[str, str]:
             if k not in UNCHECKED and not k.startswith(UNCHECKED_PREFIXES)}
 
 
+def for_retry(source: str, cfg: DictConfig) -> Checkpoint | None:
+    """A retried trial's resume point: its failed attempt's checkpoint in ``source``, if there is one
+    of this config; else None, and the trial trains from its first epoch. A re-launched sweep may fix
+    other values (more epochs, more data): the old attempt's state then says nothing about this one,
+    which is said in one line, not a failure."""
+    import logging
+
+    ckpt = read(source)
+    if ckpt is None:
+        return None
+    try:
+        check(ckpt, cfg, source, named=False)
+    except ConfigError as exc:
+        logging.getLogger(__name__).warning("%s; the trial trains from its first epoch", exc)
+        return None
+    return ckpt
+
+
 def check(ckpt: Checkpoint, cfg: DictConfig, source: str, named: bool = True) -> None:
     """A ConfigError unless ``cfg`` trains what ``ckpt``'s run trained (it would not end as that run).
     ``named``: the user gave ``source`` (``trainer.resume``), else a sweeper (a retried trial)."""
