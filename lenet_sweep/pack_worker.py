@@ -125,11 +125,8 @@ class PackWorker:
                               f"{', '.join(PACKED_KEYS)}: run it with hydra.launcher.pack=1")
         params = SlotParams(lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
                             nesterov=cfg.optimizer.nesterov, activation=_name(cfg.model.activation))
-        ckpt = None
-        if payload.resume_from:  # a retried trial: its failed attempt's checkpoint, if it wrote one
-            ckpt = checkpoint.read(payload.resume_from)
-            if ckpt is not None:
-                checkpoint.check(ckpt, cfg, payload.resume_from, named=False)
+        # a retried trial: its failed attempt's checkpoint, if it wrote one of this config
+        ckpt = checkpoint.for_retry(payload.resume_from, cfg) if payload.resume_from else None
         reporter = Reporter(payload)
         model = self.pack.assign(slot, params, cfg.seed)  # its initial model: for the record
         client = tracking.client_for(cfg.mlflow)

@@ -286,14 +286,13 @@ def _resume_source(cfg: DictConfig, output_dir: Path | None,
 
 
 def _load_checkpoint(source: str, named: bool, cfg: DictConfig) -> checkpoint.Checkpoint | None:
+    if not named:  # a retried trial
+        return checkpoint.for_retry(source, cfg)
     ckpt = checkpoint.read(source)
     if ckpt is None:
-        if named:
-            raise ConfigError(f"trainer.resume={source}: no {checkpoint.FILE} there (a run keeps one in "
-                              "its job folder while it trains and removes it when it ends; give the "
-                              "interrupted run's folder, as Hydra printed it)")
-        log.info("no checkpoint in %s: the trial trains from its first epoch", source)
-        return None
+        raise ConfigError(f"trainer.resume={source}: no {checkpoint.FILE} there (a run keeps one in "
+                          "its job folder while it trains and removes it when it ends; give the "
+                          "interrupted run's folder, as Hydra printed it)")
     checkpoint.check(ckpt, cfg, source, named)
     return ckpt
 

@@ -59,10 +59,7 @@ def test_a_pruned_slot_takes_the_next_trial_while_its_neighbour_trains(tmp_path,
     assert first.datetime_complete <= next_.datetime_start < neighbour.datetime_complete
     runs = {int(r.data.tags["optuna.trial_number"]): r for r in parents_and_children(client)[1]}
     assert runs[2].data.tags["pack"] == runs[0].data.tags["pack"] != runs[1].data.tags["pack"]
-    # the next trial trained in the freed slot while the neighbour still trained (MLflow's timestamps)
-    next_epochs = client.get_metric_history(runs[2].info.run_id, "loss")
-    neighbour_epochs = client.get_metric_history(runs[1].info.run_id, "loss")
-    assert next_epochs[0].timestamp < neighbour_epochs[-1].timestamp
+    # (which epochs of the neighbour the next trial shared is a matter of timing: not asserted)
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
 
