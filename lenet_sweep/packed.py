@@ -15,18 +15,28 @@ model whose weights carry a leading slot axis ``[K, ...]``:
 - the update is Keras' SGD rule per slot (``m = m·momentum − g·lr``; ``w += m``, or with Nesterov
   ``w += m·momentum − g·lr``; with momentum 0 this is exactly ``w −= g·lr``).
 
+The pack's width follows its live trials: a pack of K slots computes only as many lanes as it has
+live trials, rounded up to one of :func:`widths` (powers of two below K, and K). Each width has its
+own variables and graphs (a :class:`_Lanes`), made and traced when first needed and kept; when the
+live trials need another width, their state moves there at the epoch boundary. A slot is where a
+trial stays for its whole life (the ``pack`` tag names it); its lane in the current width is an
+internal matter. So a lone trial trains at the speed of a pack of one.
+
 A slot's trial does not depend on its neighbours: its initial weights are those :func:`build_lenet`
 builds after ``keras.utils.set_random_seed(seed)`` (as :func:`lenet_sweep.train.train` does), and
 each epoch it draws its own batch order from its own ``np.random.default_rng(seed)``, as
 :func:`lenet_sweep.fast_fit.fit` does. What the slots share is the architecture (``model`` config
-less ``activation``), the batch size and the data.
+less ``activation``), the batch size and the data. A trial's initial state (:meth:`initial_state`)
+can be made in another thread while the pack trains; at the boundary the slot only takes it
+(:meth:`put`).
 
-Knows nothing of MLflow or Optuna (:mod:`lenet_sweep.pack_driver` refills slots as trials end).
+Knows nothing of MLflow or Optuna (:mod:`lenet_sweep.pack_worker` refills slots as trials end).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from lenet_sweep.quiet import import_tensorflow
 
@@ -39,6 +49,11 @@ from omegaconf import OmegaConf
 from lenet_sweep.fast_fit import EVAL_BATCH
 from lenet_sweep.model import _name, build_lenet
 
+#: seeding and building a LeNet are one step: Keras' seed generator is per thread, but numpy's,
+#: Python's and TensorFlow's global seeds are not (a trial's initial state is made in a starter
+#: thread while another thread may build an evaluator)
+BUILD_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class SlotParams:
@@ -50,117 +65,109 @@ class SlotParams:
     activation: str = "sigmoid"  # model.activation: sigmoid or relu
 
 
-class PackedLeNet:
-    """K LeNet-5 slots over in-memory training tensors ``x`` ``[N, H, W, 1]``, ``y`` ``[N]``."""
+@dataclass
+class SlotState:
+    """What a slot takes at an epoch boundary: a trial's weights and SGD velocities
+    (:func:`build_lenet`'s order), hyperparameters and batch-order generator."""
 
-    def __init__(self, model_cfg, slots: int, batch_size: int, x, y):
-        if x.shape[-1] != 1:
-            raise ValueError(f"packed trials need one input channel, not {x.shape[-1]}")
-        self.model_cfg, self.slots, self.batch_size = model_cfg, slots, batch_size
-        self.x, self.y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-        self.n = int(self.x.shape[0])
-        self.steps = -(-self.n // batch_size)
-        shapes = [tuple(w.shape) for w in build_lenet(model_cfg, tuple(x.shape[1:])).weights]
-        self.n_conv = len(model_cfg.conv_filters)
-        self.pool = model_cfg.pool_size
-        self.softmax = _name(model_cfg.output_activation) == "softmax"
-        self.weights = [tf.Variable(tf.zeros((slots, *s)), name=f"w{i}") for i, s in enumerate(shapes)]
-        self.velocity = [tf.Variable(tf.zeros((slots, *s)), trainable=False) for s in shapes]
-        self.lr = tf.Variable(tf.zeros(slots), trainable=False)
-        self.momentum = tf.Variable(tf.zeros(slots), trainable=False)
-        self.nesterov = tf.Variable(tf.zeros(slots, tf.bool), trainable=False)
-        self.relu = tf.Variable(tf.zeros(slots, tf.bool), trainable=False)
-        # per-slot sums over the current epoch: loss·samples, correct predictions; and samples seen
-        self.loss_sum = tf.Variable(tf.zeros(slots), trainable=False)
-        self.correct = tf.Variable(tf.zeros(slots), trainable=False)
+    params: SlotParams
+    weights: list[np.ndarray]
+    velocities: list[np.ndarray]
+    rng: np.random.Generator = field(repr=False)
+
+
+def widths(size: int) -> list[int]:
+    """The widths a pack of ``size`` slots computes at: powers of two below ``size``, and ``size``."""
+    out, w = [], 1
+    while w < size:
+        out.append(w)
+        w *= 2
+    return [*out, size]
+
+
+def width_for(live: int, size: int) -> int:
+    """The narrowest width holding ``live`` trials."""
+    return next(w for w in widths(size) if w >= live)
+
+
+class _Lanes:
+    """The variables and traced graphs of one width: ``width`` lanes, each a LeNet's weights with
+    its own hyperparameters. Padding lanes (no live trial) have lr and momentum 0: they compute but
+    never change."""
+
+    def __init__(self, pack: "PackedLeNet", width: int):
+        self.pack, self.slots = pack, width  # ``slots``: the lanes of this width
+        shapes = pack.shapes
+        self.weights = [tf.Variable(tf.zeros((width, *s)), name=f"w{i}") for i, s in enumerate(shapes)]
+        self.velocity = [tf.Variable(tf.zeros((width, *s)), trainable=False) for s in shapes]
+        self.lr = tf.Variable(tf.zeros(width), trainable=False)
+        self.momentum = tf.Variable(tf.zeros(width), trainable=False)
+        self.nesterov = tf.Variable(tf.zeros(width, tf.bool), trainable=False)
+        self.relu = tf.Variable(tf.zeros(width, tf.bool), trainable=False)
+        # per-lane sums over the current epoch: loss·samples, correct predictions; and samples seen
+        self.loss_sum = tf.Variable(tf.zeros(width), trainable=False)
+        self.correct = tf.Variable(tf.zeros(width), trainable=False)
         self.seen = tf.Variable(0.0, trainable=False)
-        self.rngs: list[np.random.Generator | None] = [None] * slots
-        self._train_chunk = tf.function(self._chunk)
-        self._eval = tf.function(self._eval_batch, input_signature=[
-            tf.TensorSpec([None, *x.shape[1:]], self.x.dtype), tf.TensorSpec([None], self.y.dtype)])
+        x, y = pack.x, pack.y
+        self.train_chunk = tf.function(self._chunk)
+        self.eval_batch = tf.function(self._eval_batch, input_signature=[
+            tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], y.dtype)])
 
-    # -- slots --------------------------------------------------------------------------------
-    def assign(self, slot: int, params: SlotParams, seed: int) -> keras.Sequential:
-        """Start a new trial in ``slot``: the weights a standalone run with ``seed`` starts from,
-        fresh optimizer state, the trial's hyperparameters and its own batch-order generator.
-        Returns that standalone run's initial model."""
-        keras.utils.set_random_seed(seed)
-        reference = self._lenet(params.activation)
-        for var, vel, value in zip(self.weights, self.velocity, reference.weights):
-            var[slot].assign(keras.ops.convert_to_numpy(value))
-            vel[slot].assign(tf.zeros(value.shape))
-        self.lr[slot].assign(params.lr)
-        self.momentum[slot].assign(params.momentum)
-        self.nesterov[slot].assign(bool(params.nesterov))
-        self.relu[slot].assign(_name(params.activation) == "relu")
-        self.rngs[slot] = np.random.default_rng(seed)
-        return reference
+    def write(self, states: dict[int, SlotState]) -> None:
+        """Put ``states`` ({lane: state}) into their lanes, every variable written once."""
+        if not states:
+            return
+        for group, pick in ((self.weights, lambda s: s.weights), (self.velocity, lambda s: s.velocities)):
+            for i, var in enumerate(group):
+                value = var.numpy()
+                for lane, state in states.items():
+                    value[lane] = pick(state)[i]
+                var.assign(value)
+        for var, pick in ((self.lr, lambda p: p.lr), (self.momentum, lambda p: p.momentum),
+                          (self.nesterov, lambda p: bool(p.nesterov)),
+                          (self.relu, lambda p: _name(p.activation) == "relu")):
+            value = var.numpy()
+            for lane, state in states.items():
+                value[lane] = pick(state.params)
+            var.assign(value)
 
-    def _lenet(self, activation: str) -> keras.Sequential:
-        return build_lenet(OmegaConf.merge(self.model_cfg, {"activation": _name(activation)}),
-                           tuple(self.x.shape[1:]))
+    def idle(self, lanes) -> None:
+        """Lanes left without a trial: they compute but never change."""
+        for var in (self.lr, self.momentum):
+            value = var.numpy()
+            value[list(lanes)] = 0.0
+            var.assign(value)
 
-    def release(self, slot: int) -> None:
-        """Leave ``slot`` empty: it still computes (the graph is fixed) but never changes."""
-        self.lr[slot].assign(0.0)
-        self.momentum[slot].assign(0.0)
-        self.rngs[slot] = None
-
-    def slot_weights(self, slot: int) -> list[np.ndarray]:
-        """``slot``'s weights in :func:`build_lenet`'s order (``model.set_weights`` takes them)."""
-        return [w[slot].numpy() for w in self.weights]
-
-    def slot_states(self, slots) -> dict[int, tuple[list[np.ndarray], list[np.ndarray], dict]]:
-        """Each of ``slots``' resume point: its weights and SGD velocities (:func:`build_lenet`'s
-        order) and its batch-order generator's state; every variable is read once for all of them."""
+    def read(self, lanes) -> dict[int, tuple[list[np.ndarray], list[np.ndarray]]]:
+        """Each of ``lanes``' weights and velocities; every variable read once."""
         weights, velocity = [w.numpy() for w in self.weights], [v.numpy() for v in self.velocity]
-        return {k: ([w[k] for w in weights], [v[k] for v in velocity], self.rngs[k].bit_generator.state)
-                for k in slots}
-
-    def restore(self, slot: int, epochs: int, weights, velocities, rng_state: dict | None) -> None:
-        """Continue ``slot``'s trial (just :meth:`assign`-ed) after ``epochs`` epochs: its weights,
-        velocities and batch-order generator as a checkpoint saved them (no generator state: the
-        ``epochs`` draws again)."""
-        for var, vel, w, m in zip(self.weights, self.velocity, weights, velocities):
-            var[slot].assign(w)
-            vel[slot].assign(m)
-        if rng_state is not None:
-            self.rngs[slot].bit_generator.state = rng_state
-        else:
-            for _ in range(epochs):
-                self.rngs[slot].permutation(self.n)
-
-    def to_keras(self, slot: int, activation: str) -> keras.Sequential:
-        """A standard LeNet holding ``slot``'s weights (``save_weights`` writes a usual file)."""
-        model = self._lenet(activation)
-        model.set_weights(self.slot_weights(slot))
-        return model
+        return {lane: ([w[lane] for w in weights], [v[lane] for v in velocity]) for lane in lanes}
 
     # -- the fused graph ----------------------------------------------------------------------
     def _act(self, z, channels: int | None = None):
-        """Each slot's hidden activation; ``channels``: z is ``[..., K·channels]``, else ``[B, K, O]``."""
+        """Each lane's hidden activation; ``channels``: z is ``[..., K·channels]``, else ``[B, K, O]``."""
         mask = tf.repeat(self.relu, channels) if channels else self.relu[:, None]
         return tf.where(mask, tf.nn.relu(z), tf.sigmoid(z))
 
     def forward(self, x):
-        """``x`` ``[B, H, W, K]`` (slot k's images on channel k) -> logits ``[B, K, classes]``."""
+        """``x`` ``[B, H, W, K]`` (lane k's images on channel k) -> logits ``[B, K, classes]``."""
         k, w = self.slots, self.weights
         h = x
-        for i in range(self.n_conv):
+        for i in range(self.pack.n_conv):
             kernel, bias = w[2 * i], w[2 * i + 1]  # [K, kh, kw, cin, cout], [K, cout]
             _, kh, kw, cin, cout = kernel.shape
-            if i == 0:  # one input channel per slot: one depthwise convolution, multiplier cout
+            if i == 0:  # one input channel per lane: one depthwise convolution, multiplier cout
                 filters = tf.reshape(tf.transpose(kernel, (1, 2, 0, 3, 4)), (kh, kw, k * cin, cout))
                 h = tf.nn.depthwise_conv2d(h, filters, (1, 1, 1, 1), "VALID")
-            else:  # a grouped convolution, one conv2d per slot (see the module docstring)
+            else:  # a grouped convolution, one conv2d per lane (see the module docstring)
                 h = tf.concat([tf.nn.conv2d(part, kernel[j], 1, "VALID")
                                for j, part in enumerate(tf.split(h, k, axis=-1))], axis=-1)
             h = self._act(tf.nn.bias_add(h, tf.reshape(bias, (-1,))), cout)
-            h = tf.nn.max_pool2d(h, self.pool, self.pool, "VALID")
+            h = tf.nn.max_pool2d(h, self.pack.pool, self.pack.pool, "VALID")
         _, hh, ww, kc = h.shape
         c = kc // k
         h = tf.reshape(tf.transpose(tf.reshape(h, (-1, hh, ww, k, c)), (0, 3, 1, 2, 4)), (-1, k, hh * ww * c))
-        dense = range(2 * self.n_conv, len(w), 2)
+        dense = range(2 * self.pack.n_conv, len(w), 2)
         for j, i in enumerate(dense):
             h = tf.einsum("bki,kio->bko", h, w[i]) + w[i + 1]
             if j < len(dense) - 1:
@@ -168,7 +175,7 @@ class PackedLeNet:
         return h  # logits
 
     def losses(self, x, y):
-        """Per-slot batch-mean losses ``[K]`` and output probabilities; ``y`` ``[B, K]``.
+        """Per-lane batch-mean losses ``[K]`` and output probabilities; ``y`` ``[B, K]``.
 
         Keras' ``sparse_categorical_crossentropy`` on a sigmoid or softmax output layer reads the
         logits the activation leaves on its output (``_keras_logits``) and computes softmax
@@ -176,7 +183,7 @@ class PackedLeNet:
         that accuracy's argmax reads, which saturated sigmoids can tie)."""
         logits = self.forward(x)
         per_sample = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # [B, K]
-        probs = tf.nn.softmax(logits) if self.softmax else tf.sigmoid(logits)
+        probs = tf.nn.softmax(logits) if self.pack.softmax else tf.sigmoid(logits)
         return tf.reduce_mean(per_sample, axis=0), probs
 
     def _accumulate(self, losses, probs, y) -> None:
@@ -189,7 +196,7 @@ class PackedLeNet:
     def train_step(self, x, y) -> None:
         with tf.GradientTape() as tape:
             losses, probs = self.losses(x, y)
-            total = tf.reduce_sum(losses)  # slot k's variables get slot k's gradient only
+            total = tf.reduce_sum(losses)  # lane k's variables get lane k's gradient only
         grads = tape.gradient(total, self.weights)
         shape = (self.slots,)
         for var, vel, g in zip(self.weights, self.velocity, grads):
@@ -201,49 +208,228 @@ class PackedLeNet:
         self._accumulate(losses, probs, y)
 
     def _chunk(self, perms, begin, end):
-        bs = self.batch_size
+        bs, x, y = self.pack.batch_size, self.pack.x, self.pack.y
         for i in tf.range(begin, end):
             idx = perms[:, i * bs:(i + 1) * bs]  # [K, b]
-            x = tf.transpose(tf.squeeze(tf.gather(self.x, idx), -1), (1, 2, 3, 0))  # [b, H, W, K]
-            self.train_step(x, tf.transpose(tf.gather(self.y, idx)))
+            xb = tf.transpose(tf.squeeze(tf.gather(x, idx), -1), (1, 2, 3, 0))  # [b, H, W, K]
+            self.train_step(xb, tf.transpose(tf.gather(y, idx)))
 
     def _eval_batch(self, x, y):
-        """Every slot on the same images: accumulates per-slot sums; returns predicted classes [B, K]."""
+        """Every lane on the same images: accumulates per-lane sums; returns predicted classes [B, K]."""
         xk = tf.tile(x, (1, 1, 1, self.slots))
         yk = tf.tile(y[:, None], (1, self.slots))
         losses, probs = self.losses(xk, yk)
         self._accumulate(losses, probs, yk)
         return tf.argmax(probs, -1)
 
-    # -- epochs -------------------------------------------------------------------------------
-    def _results(self) -> list[dict[str, float]]:
+    def results(self) -> list[dict[str, float]]:
         seen = float(self.seen.numpy())
         return [{"loss": l / seen, "accuracy": c / seen}
                 for l, c in zip(self.loss_sum.numpy().tolist(), self.correct.numpy().tolist())]
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
         for v in (self.loss_sum, self.correct):
             v.assign(tf.zeros_like(v))
         self.seen.assign(0.0)
 
+
+class PackedLeNet:
+    """K LeNet-5 slots over in-memory training tensors ``x`` ``[N, H, W, 1]``, ``y`` ``[N]``."""
+
+    def __init__(self, model_cfg, slots: int, batch_size: int, x, y):
+        if x.shape[-1] != 1:
+            raise ValueError(f"packed trials need one input channel, not {x.shape[-1]}")
+        self.model_cfg, self.slots, self.batch_size = model_cfg, slots, batch_size
+        self.x, self.y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+        self.n = int(self.x.shape[0])
+        self.steps = -(-self.n // batch_size)
+        with BUILD_LOCK:
+            #: each slot's weight shapes, in build_lenet's order
+            self.shapes = [tuple(w.shape) for w in build_lenet(model_cfg, tuple(x.shape[1:])).weights]
+        self.n_conv = len(model_cfg.conv_filters)
+        self.pool = model_cfg.pool_size
+        self.softmax = _name(model_cfg.output_activation) == "softmax"
+        self.rngs: list[np.random.Generator | None] = [None] * slots
+        self.params: list[SlotParams | None] = [None] * slots
+        self.lanes_of: dict[int, _Lanes] = {}  # width -> its variables and graphs, made when needed
+        self.current: _Lanes | None = None
+        self.lane: dict[int, int] = {}  # live slot -> its lane in ``current``
+        self.entering: dict[int, SlotState] = {}  # slots put since the last layout
+
+    # -- slots --------------------------------------------------------------------------------
+    def _lenet(self, activation: str) -> keras.Sequential:
+        return build_lenet(OmegaConf.merge(self.model_cfg, {"activation": _name(activation)}),
+                           tuple(self.x.shape[1:]))
+
+    def initial_state(self, params: SlotParams, seed: int) -> tuple[SlotState, keras.Sequential]:
+        """A new trial's state (the weights a standalone run with ``seed`` starts from, zero
+        velocities, its own batch-order generator) and that standalone run's initial model. Touches
+        no variable of the pack: any thread may make it while the pack trains."""
+        with BUILD_LOCK:
+            keras.utils.set_random_seed(seed)
+            reference = self._lenet(params.activation)
+        weights = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in reference.weights]
+        return SlotState(params, weights, [np.zeros_like(w) for w in weights],
+                         np.random.default_rng(seed)), reference
+
+    def put(self, slot: int, state: SlotState) -> None:
+        """``slot`` takes ``state``'s trial (from the next epoch on)."""
+        self.entering[slot] = state
+        self.rngs[slot], self.params[slot] = state.rng, state.params
+
+    def assign(self, slot: int, params: SlotParams, seed: int) -> keras.Sequential:
+        """Start a new trial in ``slot`` (:meth:`initial_state`, :meth:`put`). Returns the
+        standalone run's initial model."""
+        state, reference = self.initial_state(params, seed)
+        self.put(slot, state)
+        return reference
+
+    def release(self, slot: int) -> None:
+        """Leave ``slot`` empty: its lane stops changing, and the width may shrink at the next epoch."""
+        self.entering.pop(slot, None)
+        lane = self.lane.pop(slot, None)
+        if lane is not None:
+            self.current.idle([lane])
+        self.rngs[slot] = self.params[slot] = None
+
+    def live(self) -> list[int]:
+        """The slots holding a trial."""
+        return sorted({*self.lane, *self.entering})
+
+    @property
+    def width(self) -> int:
+        """The lanes the next epoch computes (0: no trial)."""
+        live = self.live()
+        return width_for(len(live), self.slots) if live else 0
+
+    def _layout(self) -> _Lanes | None:
+        """The width's lanes for the live slots, the entering ones written in; on a change of width
+        every live slot's state moves to the new width's variables (made the first time)."""
+        live = self.live()
+        if not live:
+            return self.current
+        width = width_for(len(live), self.slots)
+        if self.current is None or self.current.slots != width:
+            old, old_lane = self.current, self.lane
+            staying = old.read([old_lane[s] for s in live if s in old_lane]) if old is not None else {}
+            if width not in self.lanes_of:
+                self.lanes_of[width] = _Lanes(self, width)
+            new = self.current = self.lanes_of[width]
+            self.lane = {s: i for i, s in enumerate(live)}
+            states = {}
+            for s in live:
+                if s in self.entering:
+                    states[self.lane[s]] = self.entering[s]
+                else:
+                    weights, velocities = staying[old_lane[s]]
+                    states[self.lane[s]] = SlotState(self.params[s], weights, velocities, self.rngs[s])
+            new.write(states)
+            new.idle(range(len(live), width))
+        elif self.entering:
+            free = [lane for lane in range(width) if lane not in self.lane.values()]
+            for s in sorted(self.entering):
+                if s not in self.lane:
+                    self.lane[s] = free.pop(0)
+            self.current.write({self.lane[s]: state for s, state in self.entering.items()})
+        self.entering = {}
+        return self.current
+
+    def _lanes(self) -> _Lanes:
+        """The lanes holding every live slot, laid out anew only when a slot entered (reading a
+        slot's state never changes the width: the pack narrows when it next trains)."""
+        return self._layout() if self.entering or self.current is None else self.current
+
+    def _by_slot(self, per_lane: list) -> list:
+        out = [{} for _ in range(self.slots)]
+        for s, lane in self.lane.items():
+            out[s] = per_lane[lane]
+        return out
+
+    def slot_weights(self, slot: int) -> list[np.ndarray]:
+        """``slot``'s weights in :func:`build_lenet`'s order (``model.set_weights`` takes them)."""
+        lanes = self._lanes()
+        return [w[self.lane[slot]].numpy() for w in lanes.weights]
+
+    def slot_states(self, slots) -> dict[int, tuple[list[np.ndarray], list[np.ndarray], dict]]:
+        """Each of ``slots``' resume point: its weights and SGD velocities (:func:`build_lenet`'s
+        order) and its batch-order generator's state; every variable is read once for all of them."""
+        lanes = self._lanes()
+        read = lanes.read([self.lane[k] for k in slots])
+        return {k: (*read[self.lane[k]], self.rngs[k].bit_generator.state) for k in slots}
+
+    def restore(self, slot: int, epochs: int, weights, velocities, rng_state: dict | None) -> None:
+        """Continue ``slot``'s trial (just :meth:`assign`-ed) after ``epochs`` epochs: its weights,
+        velocities and batch-order generator as a checkpoint saved them (no generator state: the
+        ``epochs`` draws again)."""
+        rng = self.rngs[slot]
+        restore_rng(rng, epochs, self.n, rng_state)
+        self.put(slot, SlotState(self.params[slot], [np.asarray(w) for w in weights],
+                                 [np.asarray(m) for m in velocities], rng))
+
+    def to_keras(self, slot: int, activation: str) -> keras.Sequential:
+        """A standard LeNet holding ``slot``'s weights (``save_weights`` writes a usual file)."""
+        with BUILD_LOCK:
+            model = self._lenet(activation)
+        model.set_weights(self.slot_weights(slot))
+        return model
+
+    # -- the current width's graph (all slots live: lane k is slot k) ---------------------------
+    @property
+    def weights(self) -> list[tf.Variable]:
+        return self._layout().weights
+
+    @property
+    def velocity(self) -> list[tf.Variable]:
+        return self._layout().velocity
+
+    def forward(self, x):
+        return self._layout().forward(x)
+
+    def losses(self, x, y):
+        return self._layout().losses(x, y)
+
+    def train_step(self, x, y) -> None:
+        self._layout().train_step(x, y)
+
+    # -- epochs -------------------------------------------------------------------------------
     def train_epoch(self, steps_per_execution: int = 100) -> list[dict[str, float]]:
-        """One epoch for every slot (each on its own batch order); per-slot ``loss``, ``accuracy``
-        (empty slots: meaningless values)."""
-        self._reset()
-        perms = np.stack([rng.permutation(self.n).astype(np.int32) if rng is not None
-                          else np.arange(self.n, dtype=np.int32) for rng in self.rngs])
+        """One epoch for every live slot (each on its own batch order), at :attr:`width`; per-slot
+        ``loss``, ``accuracy`` (empty slots: ``{}``)."""
+        lanes = self._layout()
+        if lanes is None or not self.lane:
+            return [{} for _ in range(self.slots)]
+        slot_of = {lane: s for s, lane in self.lane.items()}
+        lanes.reset()
+        perms = np.stack([self.rngs[slot_of[lane]].permutation(self.n).astype(np.int32) if lane in slot_of
+                          else np.arange(self.n, dtype=np.int32) for lane in range(lanes.slots)])
         perms = tf.constant(perms)
         for begin in range(0, self.steps, steps_per_execution):
             end = min(begin + steps_per_execution, self.steps)
-            self._train_chunk(perms, tf.constant(begin), tf.constant(end))
-        return self._results()
+            lanes.train_chunk(perms, tf.constant(begin), tf.constant(end))
+        return self._by_slot(lanes.results())
 
     def evaluate(self, x, y) -> tuple[list[dict[str, float]], np.ndarray]:
-        """Per-slot ``loss``, ``accuracy`` over all of (x, y), and each slot's predicted classes
-        ``[N, K]``."""
-        self._reset()
+        """Per-slot ``loss``, ``accuracy`` over all of (x, y) (empty slots: ``{}``), and each slot's
+        predicted classes ``[N, K]`` (empty slots: 0)."""
+        lanes = self._layout()
+        n = int(x.shape[0])
+        if lanes is None or not self.lane:
+            return [{} for _ in range(self.slots)], np.zeros((n, self.slots), np.int64)
+        lanes.reset()
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-        classes = [self._eval(x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]).numpy()
-                   for i in range(0, int(x.shape[0]), EVAL_BATCH)]
-        return self._results(), np.concatenate(classes)
+        per_lane = np.concatenate([lanes.eval_batch(x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]).numpy()
+                                   for i in range(0, n, EVAL_BATCH)])
+        classes = np.zeros((n, self.slots), per_lane.dtype)
+        for s, lane in self.lane.items():
+            classes[:, s] = per_lane[:, lane]
+        return self._by_slot(lanes.results()), classes
 
+
+def restore_rng(rng: np.random.Generator, epochs: int, n: int, state: dict | None) -> None:
+    """A batch-order generator as it stands after ``epochs`` epochs: ``state`` (a checkpoint's), or
+    the same draws again."""
+    if state is not None:
+        rng.bit_generator.state = state
+    else:
+        for _ in range(epochs):
+            rng.permutation(n)

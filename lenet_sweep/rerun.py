@@ -151,9 +151,10 @@ def match_threads(tags: dict[str, str]) -> list[str]:
     return notes
 
 
-#: Metrics that measure time, not the model: never compared.
+#: Metrics that measure time or how a run was scheduled, not the model: never compared.
 def _timing(key: str) -> bool:
-    return key.endswith("_seconds") or key.endswith("per_second") or key.startswith("registry")
+    return (key.endswith("_seconds") or key.endswith("per_second") or key.startswith("registry")
+            or key == "pack_width")
 
 
 def compare(original: dict[str, float], rerun: dict[str, float]) -> pd.DataFrame:

@@ -13,18 +13,30 @@ from typing import Callable, Iterable, Sequence
 
 from lenet_sweep.quiet import import_tensorflow
 
+_IMPORT_STARTED = time.time()  # a worker's first trial imports TensorFlow here: its setup, not its wait
 import_tensorflow()  # first: TensorFlow's C++ start-up lines filtered (lenet_sweep.quiet)
 import keras  # noqa: E402
 import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import checkpoint, data, devices, provenance, registry, tracking
+from lenet_sweep import checkpoint, data, devices, provenance, registry, runtime, tracking
 from lenet_sweep.config import ConfigError, TrainingDiverged, UserError, validate
 from lenet_sweep.model import build_lenet, format_shape_table
 from lenet_sweep.quiet import startup_lines_filtered
 
 log = logging.getLogger(__name__)
+_IMPORT = {"span": (_IMPORT_STARTED, time.time())}  # popped by the first run of this process
+
+
+def _import_seconds(written_at: float | None) -> float:
+    """This module's import (TensorFlow's) if this is the process's first run and it happened after
+    ``written_at`` (the trial's payload), else 0: counted once, in the first run's setup."""
+    span = _IMPORT.pop("span", None)
+    if span is None:
+        return 0.0
+    started, ended = span
+    return max(0.0, ended - max(started, written_at or started))
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -65,6 +77,11 @@ class EpochLogger(keras.callbacks.Callback):
         self.history = [dict(m) for m in history]
         for step, metrics in enumerate(self.history):
             self._submit(metrics, step)
+
+    def tag(self, key: str, value: str) -> None:
+        """A tag on the run, set in the background thread like the metrics (its failure surfaces in
+        ``close``)."""
+        self._pending.append(self._pool.submit(self.client.set_tag, self.run_id, key, value))
 
     def _submit(self, metrics: dict[str, float], step: int) -> None:
         if step in self.logged:  # a resumed run recomputes an epoch the interruption had logged:
@@ -168,7 +185,8 @@ KERAS_ITERATORS_PER_EPOCH = 2
 
 
 def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits, callbacks, resume=None,
-                  after_epoch=None) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray], bool]:
+                  after_epoch=None, phases: runtime.Phases | None = None,
+                  ) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray], bool]:
     """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
     (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data.
 
@@ -176,30 +194,40 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits, call
     continue after its epochs; ``after_epoch(LoopState)`` at every epoch end that training goes on
     from (the checkpoint).
 
+    ``phases`` (in ``setup``): enters ``train``, ``evaluate`` and ``record`` here.
+
     Returns the test metrics, a function giving the predicted class of each image, and whether the
     training step was compiled by XLA (``trainer.jit_compile=null``: the fast path measures)."""
     tc = cfg.trainer
+    enter = phases.enter if phases is not None else (lambda name: 0.0)
     if tc.fast:
         from lenet_sweep import fast_fit
 
-        t = data.to_tensors(splits)
+        t = runtime.tensors(splits)
+        enter("train")
         _, trainer = fast_fit.fit(model, t.x_train, t.y_train, batch_size=cfg.data.batch_size,
                                   epochs=tc.epochs, seed=cfg.seed, validation_data=(t.x_val, t.y_val),
                                   callbacks=callbacks, verbose=tc.verbose,
                                   steps_per_execution=tc.steps_per_execution, jit_compile=tc.jit_compile,
                                   resume=resume, after_epoch=after_epoch)
-        return trainer.evaluate(t.x_test, t.y_test), trainer.predict_classes, trainer.jit_compile
+        enter("evaluate")
+        test = trainer.evaluate(t.x_test, t.y_test)
+        enter("record")
+        return test, trainer.predict_classes, trainer.jit_compile
     train_ds, val_ds, test_ds = data.to_datasets(splits, cfg.data.batch_size, cfg.seed)
     initial_epoch = resume.epoch if resume is not None else 0
     for _ in range(initial_epoch * KERAS_ITERATORS_PER_EPOCH):  # each iterator made draws the next
         iter(train_ds)  # shuffle seed: the resumed epoch k reads the order the uninterrupted one read
     if after_epoch is not None:
         callbacks = [*callbacks, EpochCheckpoint(after_epoch)]
+    enter("train")
     if initial_epoch < tc.epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, callbacks=callbacks,
                   verbose=tc.verbose, shuffle=False,  # the tf.data pipeline reshuffles every epoch
                   initial_epoch=initial_epoch)
+    enter("evaluate")
     test = model.evaluate(test_ds, return_dict=True, verbose=0)
+    enter("record")
     return ({k: float(v) for k, v in test.items()},
             lambda x: model.predict(x, batch_size=1024, verbose=0).argmax(axis=-1), bool(tc.jit_compile))
 
@@ -260,8 +288,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.save(LoopState(epoch + 1))
 
 
+def _payload(output_dir: Path | None):
+    """This job's :class:`~lenet_sweep.trial.TrialPayload` when it is a sweep trial, else None."""
+    if output_dir is None or not _in_sweep():
+        return None
+    from lenet_sweep.trial import TrialPayload
+
+    return TrialPayload.read(output_dir)
+
+
 def _resume_source(cfg: DictConfig, output_dir: Path | None,
-                   resume_from: str | None) -> tuple[str | None, bool]:
+                   resume_from: str | None, payload=None) -> tuple[str | None, bool]:
     """Where this run resumes from, and whether the user named it (``trainer.resume``: a missing
     checkpoint is an error) or a sweeper did (a retried trial: its failed attempt may have died
     before its first epoch end, and then the trial starts afresh)."""
@@ -270,12 +307,10 @@ def _resume_source(cfg: DictConfig, output_dir: Path | None,
     if cfg.trainer.resume and _in_sweep():
         raise ConfigError(f"trainer.resume={cfg.trainer.resume} continues one run, not a sweep's trials "
                           "(a sweep's retried trial resumes from its failed attempt by itself)")
-    if output_dir is not None and _in_sweep():
-        from lenet_sweep.trial import TrialPayload
-
-        payload = TrialPayload.read(output_dir)
-        if payload is not None and payload.resume_from:
-            return payload.resume_from, False
+    if payload is None:
+        payload = _payload(output_dir)
+    if payload is not None and payload.resume_from:
+        return payload.resume_from, False
     if cfg.trainer.resume:
         from hydra.core.hydra_config import HydraConfig
         from hydra.utils import to_absolute_path
@@ -339,15 +374,26 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
     failed attempt's checkpoint in ``run_id``, whose run gets the earlier epochs first (as do the
     callbacks with a ``replay(history)`` method: :class:`PruningCallback` reports them to Optuna).
 
+    The run's phases (``phase.*_seconds``, :mod:`lenet_sweep.runtime`) are logged before it ends.
+
     Returns the final epoch's metrics plus ``test_loss`` and ``test_accuracy``.
     """
+    started = time.time()
+    phases = runtime.Phases()
     validate(cfg)
     if cfg.trainer.verbose is None:  # null: Keras' progress for a single run, silence in a sweep's trial
         cfg.trainer.verbose = 0 if _in_sweep() else 1  # (the sweep prints a line per trial)
-    splits = data.load(cfg.data)  # missing/corrupt data fails here, before any MLflow run exists
+    splits = runtime.splits(cfg.data)  # missing/corrupt data fails here, before any MLflow run exists
     tc = cfg.trainer
     output_dir, overrides = _hydra_dir()
-    source, named = _resume_source(cfg, output_dir, resume_from)
+    payload = _payload(output_dir)
+    written_at = payload.written_at if payload is not None else None
+    imported = _import_seconds(written_at)
+    phases.add("setup", imported)
+    wait = runtime.waited(written_at, started, busy=imported)
+    if wait is not None:
+        phases.add("wait_slot", wait)
+    source, named = _resume_source(cfg, output_dir, resume_from, payload)
     ckpt = _load_checkpoint(source, named, cfg) if source else None  # also before any run exists
     with startup_lines_filtered():  # the first device query prints CUDA start-up lines
         device = devices.configure()
@@ -361,7 +407,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
     if tc.verbose:
         log.info("the model, layer by layer:\n%s", summary)
 
-    client = tracking.client_for(cfg.mlflow)
+    client = runtime.client(cfg.mlflow)
     continues = ckpt is not None and run_id is None and ckpt.run_id is not None  # its own run again
     tags = {"hydra.overrides": tracking.redact(overrides), "device": device}
     if continues:
@@ -392,9 +438,11 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
             if save is not None:  # this job's folder holds the newest resume point from now on
                 save(loop)
         try:
-            test, predict_classes, xla = _fit_and_test(model, cfg, splits, [logger, *callbacks], loop, save)
+            test, predict_classes, xla = _fit_and_test(model, cfg, splits, [logger, *callbacks], loop, save,
+                                                       phases)
         except BaseException as exc:
             logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
+            phases.log(client, run_id, step=len(logger.history) - 1, quiet=True)
             if isinstance(exc, UserError) and not tc.keep_checkpoint:  # diverged: so would a resume
                 for where in (folder, source):
                     checkpoint.remove(where)
@@ -405,6 +453,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
         if save is not None and save.seconds:
             tracking.log_metrics(client, run_id, {"checkpoint_seconds": save.seconds},
                                  step=len(logger.history) - 1)
+        phases.log(client, run_id, step=len(logger.history) - 1)
     if not tc.keep_checkpoint:  # the run ended: no resume point is left behind
         for where in (folder, source):
             checkpoint.remove(where)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,9 @@ class TrialPayload:
     # job continues from the checkpoint there (lenet_sweep.checkpoint), if any, into this payload's
     # run and trial: the earlier epochs are logged to the run and reported to the trial first.
     resume_from: str | None = None
+    # When the sweeper wrote it (wall clock, seconds since the epoch; ``write`` sets it): the start of
+    # the trial's wait for a worker (its run's ``phase.wait_slot_seconds``, lenet_sweep.runtime)
+    written_at: float | None = None
 
     def write(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / PAYLOAD_FILE
@@ -42,7 +47,7 @@ class TrialPayload:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump(asdict(self), f)
+                json.dump({**asdict(self), "written_at": self.written_at or time.time()}, f)
         except OSError as exc:  # a full disk: name the file, leave no half payload
             path.unlink(missing_ok=True)
             exc.filename = exc.filename or str(path)
@@ -60,12 +65,30 @@ class TrialPayload:
         path = Path(folder) / PAYLOAD_FILE
         if not path.is_file():
             return None
-        return cls(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
+        fields.setdefault("written_at", path.stat().st_mtime)  # a payload of an older sweeper
+        return cls(**fields)
 
 
 def monitor_for(objective: str) -> str:
     """The per-epoch metric a pruner watches: the objective, or its validation form for test_*."""
     return "val_" + objective[len("test_"):] if objective.startswith("test_") else objective
+
+
+_STORAGES: dict[str, Any] = {}
+_STORAGES_LOCK = threading.Lock()
+
+
+def storage(url: str):
+    """The Optuna storage at ``url``, opened once per process (a journal file is read whole when
+    opened; a worker's later trials read only what was appended since). Optuna's storages are
+    thread-safe."""
+    from lenet_sweep.stores import open_optuna_storage
+
+    with _STORAGES_LOCK:
+        if url not in _STORAGES:
+            _STORAGES[url] = open_optuna_storage(url)
+        return _STORAGES[url]
 
 
 class Reporter:
@@ -76,11 +99,8 @@ class Reporter:
         import optuna
         from hydra.utils import instantiate
 
-        from lenet_sweep.stores import open_optuna_storage
-
         self.payload = payload
-        study = optuna.load_study(study_name=payload.study_name,
-                                  storage=open_optuna_storage(payload.storage),
+        study = optuna.load_study(study_name=payload.study_name, storage=storage(payload.storage),
                                   pruner=instantiate(payload.pruner)())  # a constructor (_partial_)
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, payload.number)
         self.trial = optuna.Trial(study, trial_id)

@@ -150,3 +150,33 @@ def test_slot_weights_are_a_standard_lenet_file_with_the_packs_test_accuracy(sma
         assert loaded["accuracy"] == pytest.approx(test[k]["accuracy"], abs=1.5 / len(yv))  # a near tie
         assert loaded["loss"] == pytest.approx(test[k]["loss"], rel=1e-4)
         assert (model.predict(xv, verbose=0).argmax(-1) == classes[:, k]).mean() > 0.99
+
+
+def test_the_pack_narrows_to_its_live_trials_and_a_trial_moves_between_widths_intact(small):
+    """A pack of 4 computes as many lanes as it has live trials (rounded up to 1, 2 or 4): after its
+    three neighbours leave, slot 2's trial trains on at width 1 (its state moved to the narrower
+    graph) and still ends where it ends alone (tolerance as above: other widths, other kernels)."""
+    x, y, xv, yv = small
+    cfg = compose_cfg(["model.output_activation=softmax"])
+    pack = PackedLeNet(cfg.model, 4, 32, x, y)
+    assert pack.width == 0
+    for k, p in enumerate([SlotParams(0.9), SlotParams(0.01, 0.5), WELL]):
+        pack.assign(k, p, seed=[1, 2, 5][k])
+    assert pack.width == 4  # three live trials: 4 lanes, one of them padding
+    logs = []
+    for epoch in range(3):
+        if epoch == 1:
+            pack.release(0)
+            pack.release(1)
+            assert pack.width == 1
+        train = pack.train_epoch(steps_per_execution=7)
+        val, _ = pack.evaluate(xv, yv)
+        logs.append({**train[2], **{f"val_{k}": v for k, v in val[2].items()}})
+        assert train[0] == {} if epoch else train[0]  # an empty slot has no results
+    assert sorted(pack.lanes_of) == [1, 4]
+    alone, weights = standalone(small, cfg.model, WELL, seed=5, epochs=3)
+    for key, values in alone.items():
+        assert [log[key] for log in logs] == pytest.approx(values, rel=1e-4, abs=1e-5), key
+    assert close(pack.slot_weights(2), weights)
+    pack.assign(3, SlotParams(0.1), seed=3)  # a newcomer widens it again
+    assert pack.width == 2 and len(pack.train_epoch()[3]) == 2
