@@ -25,8 +25,11 @@ def rerun_cli(args, cwd, timeout=600) -> subprocess.CompletedProcess:
 
 
 def model_metrics(run) -> dict[str, float]:
+    """What the model did: less times (``*_seconds``: epochs, phases, checkpoints), throughput, the
+    registry's decision and the pack's width."""
     return {k: v for k, v in run.data.metrics.items()
-            if k not in TIMING and not k.startswith("registry")}
+            if k not in TIMING and not k.startswith(("registry", "phase.")) and k != "pack_width"
+            and not k.endswith("_seconds")}
 
 
 def rerun_of(client: MlflowClient, run_id: str):
