@@ -52,7 +52,8 @@ def test_a_sweep_in_a_terminal_shows_a_status_line_and_one_line_per_trial(tmp_pa
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     # the status line is redrawn in place (carriage returns): done/total, running, best with its params
-    assert re.search(r"\[sweep\] 1/2 .* \d\d:\d\d<\d\d:\d\d, running 1, pruned 0, failed 0 "
+    # (how many run at the moment it is drawn is a matter of timing: a fast trial may end within a poll)
+    assert re.search(r"\[sweep\] 1/2 .* \d\d:\d\d<\d\d:\d\d, running [01], pruned 0, failed 0 "
                      r"\| best=\d\.\d{4} \(trial \d\) lr=", shown)
     lines = [part for line in shown.replace("\r\n", "\n").split("\n") for part in line.split("\r")]
     ended = [line for line in lines if re.match(r"\[sweep\] trial \d \(\d/2\) COMPLETE", line)]

@@ -99,7 +99,9 @@ def test_a_stopped_worker_is_said_and_the_sweep_goes_on_after_sigcont(tmp_path, 
                            line.endswith("its worker may be stopped or hung; nothing is killed")
                            for line in stalled), out
     again = [int(x) for x in re.findall(r"\[sweep\] trial 0 reports again after (\d+) s", out)]
-    assert len(again) == len(stalled) and max(again) >= 25, out
+    # the sweeper sees reports at its 2 s polls: it may see the silence end up to a poll early, and
+    # its start up to a poll late
+    assert len(again) == len(stalled) and max(again) >= 25 - 2 * 2, out
     assert load(tmp_path).trials[0].state == TrialState.COMPLETE
     [parent], _ = parents_and_children(client)
     assert parent.data.tags["sweep.stalled_trials"] == "0"
