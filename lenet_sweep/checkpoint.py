@@ -25,6 +25,7 @@ half of one. Imports no TensorFlow, MLflow or Optuna.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep.config import ConfigError
 from lenet_sweep.redaction import redact
+
+log = logging.getLogger(__name__)
 
 FILE = "checkpoint.npz"
 VERSION = 1
@@ -132,15 +135,13 @@ def for_retry(source: str, cfg: DictConfig) -> Checkpoint | None:
     of this config; else None, and the trial trains from its first epoch. A re-launched sweep may fix
     other values (more epochs, more data): the old attempt's state then says nothing about this one,
     which is said in one line, not a failure."""
-    import logging
-
     ckpt = read(source)
     if ckpt is None:
         return None
     try:
         check(ckpt, cfg, source, named=False)
     except ConfigError as exc:
-        logging.getLogger(__name__).warning("%s; the trial trains from its first epoch", exc)
+        log.warning("%s; the trial trains from its first epoch", exc)
         return None
     return ckpt
 
