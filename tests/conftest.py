@@ -281,3 +281,10 @@ def tracking_server(tmp_path_factory):
     for url in _fresh_database():
         with mlflow_server_on(url, folder) as server:
             yield SimpleNamespace(url=server, artifacts=folder / "artifacts")
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that start sweeps (marked ``sweep``: tens of seconds each) first, the many quick ones
+    after: pytest-xdist hands tests out in this order, so the quick ones fill the workers' ends instead
+    of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("sweep") is None)

@@ -30,14 +30,10 @@ def assert_nothing_created(tmp_path):
     assert not (tmp_path / "optuna.journal").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+# n_trials=0, n_jobs=0 and -1, n_workers < n_jobs and an unwritable sweep dir are rows of the fault
+# suite's 10-bad-inputs, which tests/test_fault_suite.py runs with these same fragments
 @pytest.mark.parametrize("override, fragments", [
-    ("hydra.sweeper.n_trials=0", ["hydra.sweeper.n_trials=0 is invalid: must be >= 1"]),
-    ("hydra.sweeper.n_jobs=0", ["hydra.sweeper.n_jobs=0 is invalid"]),
-    ("hydra.sweeper.n_jobs=-1", ["hydra.sweeper.n_jobs=-1 is invalid"]),
     ("hydra.sweeper.grace_period=5", ["hydra.sweeper.grace_period=5 is invalid: must be longer"]),
-    ("hydra.launcher.n_workers=1 hydra.sweeper.n_jobs=2",
-     ["hydra.launcher.n_workers=1 is fewer than the 2 trials hydra.sweeper.n_jobs runs at once"]),
-    ("hydra.sweep.dir=/proc/nope/multirun", ["hydra.sweep.dir: cannot write in /proc/nope/multirun"]),
     ("hydra.launcher.pack=0", ["hydra.launcher.pack=0 is invalid: trials per worker must be >= 1"]),
     ("hydra.sweeper.sampler=grid", ["hydra.sweeper.sampler=grid is now a config group: write "
                                     "hydra/sweeper/sampler=grid"]),
