@@ -307,6 +307,7 @@ class PackWorker:
         self.pack.put(slot, trial.state)
         trial.state = None
         trial.logger.tag("pack", f"{slot}/{self.size}")
+        trial.reporter.entered(slot, self.size)
         self.slots[slot] = trial
 
     # -- an epoch -------------------------------------------------------------------------------

@@ -91,6 +91,10 @@ def storage(url: str):
         return _STORAGES[url]
 
 
+#: a packed trial's user attribute, "slot/size", set when it enters its slot (before, it waits)
+PACK_ATTR = "pack"
+
+
 class Reporter:
     """Reports a trial's per-epoch values to its study (Optuna's storage is built for writers in
     other processes) and asks the sweep's pruner whether to stop."""
@@ -105,6 +109,10 @@ class Reporter:
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, payload.number)
         self.trial = optuna.Trial(study, trial_id)
         self.pruned_at: int | None = None
+
+    def entered(self, slot: int, size: int) -> None:
+        """The trial took slot ``slot`` of a pack of ``size``: it trains from now on."""
+        self.trial.set_user_attr(PACK_ATTR, f"{slot}/{size}")
 
     def report(self, epoch: int, value: float, ask: bool = True) -> bool:
         """Record ``value`` for ``epoch``; True when the pruner says stop. ``ask=False``: record only

@@ -56,7 +56,10 @@ def test_a_pruned_slot_takes_the_next_trial_while_its_neighbour_trains(tmp_path,
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED]
     first, neighbour, next_ = study.trials
     assert list(first.intermediate_values) == [0]  # pruned after its first epoch
-    assert first.datetime_complete <= next_.datetime_start < neighbour.datetime_complete
+    # the next trial was asked with the first two (the worker's spare, prepared while they train) and
+    # took the first one's slot when it was pruned, while the neighbour trained on
+    assert next_.datetime_start < first.datetime_complete and next_.datetime_complete < neighbour.datetime_complete
+    assert next_.user_attrs["pack"] == first.user_attrs["pack"] != neighbour.user_attrs["pack"]
     runs = {int(r.data.tags["optuna.trial_number"]): r for r in parents_and_children(client)[1]}
     assert runs[2].data.tags["pack"] == runs[0].data.tags["pack"] != runs[1].data.tags["pack"]
     # (which epochs of the neighbour the next trial shared is a matter of timing: not asserted)

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from conftest import CALM, child_pids, load, parents_and_children, sweep_args
 from lenet_sweep.sweep.stall import StallWatch
+from lenet_sweep.trial import PACK_ATTR
 
 
 class Clock:
@@ -60,6 +61,24 @@ def test_before_any_epoch_the_floor_holds_and_ended_trials_are_forgotten():
     clock.now += 2
     assert [line.split(" has")[0] for line in watch.check([running(0, 0)])] == ["trial 0"]
     assert set(watch.seen) == {0}  # trial 1 ended
+
+
+def test_a_packed_workers_spare_is_watched_from_when_it_enters_its_slot():
+    """A packed worker holds one trial more than its slots (lenet_sweep.sweep.pack_pool.SPARE): it
+    is RUNNING while it waits for a slot, silent by design, until its user attr ``pack`` is set."""
+    clock = Clock()
+    watch = StallWatch(factor=10, floor=60, clock=clock, waiting=lambda t: PACK_ATTR not in t.user_attrs)
+    spare = running(0, 0)
+    assert watch.check([spare]) == []
+    clock.now += 600  # ten minutes in the inbox
+    assert watch.check([spare]) == [] and watch.ever == set()
+    spare.user_attrs[PACK_ATTR] = "1/4"  # it entered slot 1
+    assert watch.check([spare]) == []
+    clock.now += 59
+    assert watch.check([spare]) == []  # its 60 s floor counts from its entry
+    clock.now += 2
+    [line] = watch.check([spare])
+    assert line.startswith("trial 0 has reported nothing for 61 s")
 
 
 @pytest.mark.sweep

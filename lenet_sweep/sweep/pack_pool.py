@@ -25,6 +25,12 @@ from lenet_sweep.sweep.pool import JobFailed, WorkerDied, _init_worker
 
 _INBOX = _OUTBOX = None  # in a worker: its queues
 
+#: trials a worker holds beyond its slots: its starter prepares one while the pack trains, and it
+#: enters the first slot that frees, at that epoch boundary. Without it a freed slot waits for its
+#: trial's record (test evaluation, pictures, weights: seconds) to reach the sweeper, for the next
+#: trial to be asked and sent, and for its preparation: one or two of its neighbours' epochs.
+SPARE = 1
+
 
 def _init_pack_worker(place: devices.Placement, parent_pid: int, inbox, outbox) -> None:
     global _INBOX, _OUTBOX
@@ -54,6 +60,7 @@ def _run_pack(context: bytes, size: int) -> None:
 class PackPool:
     def __init__(self, n_workers: int, pack: int, gpus: list[str] | None = None, cpus: int | None = None):
         self.n_workers, self.pack = n_workers, pack
+        self.spares = n_workers * SPARE  # trials the sweeper may keep in flight beyond the slots
         self.gpus = devices.visible_gpus() if gpus is None else gpus
         self.cpus = cpus or os.cpu_count() or 1
         self._mp = multiprocessing.get_context("spawn")
@@ -80,7 +87,7 @@ class PackPool:
 
     def free_slot(self) -> int | None:
         with self._lock:
-            return next((w for w in range(self.n_workers) if self._held(w) < self.pack), None)
+            return next((w for w in range(self.n_workers) if self._held(w) < self.pack + SPARE), None)
 
     def _worker(self, w: int, context: tuple) -> dict:
         worker = self.workers[w]

@@ -32,7 +32,7 @@ from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
 from lenet_sweep.sweep.phases import SweepPhases
 from lenet_sweep.sweep.stall import StallWatch
 from lenet_sweep.sweep.pool import JobFailed, WorkerDied
-from lenet_sweep.trial import TrialPayload, monitor_for
+from lenet_sweep.trial import PACK_ATTR, TrialPayload, monitor_for
 from lenet_sweep.sweep.space import (PARAMS, SearchSpaceError, check_values, entry_name, format_override,
                                      override_key, parse_space, split_overrides)
 
@@ -179,6 +179,7 @@ class SweepRunner:
     def _start_workers(self, space) -> None:
         """Start lenet_pool's workers; with ``pack`` > 1, packed unless the trials cannot share a
         pack (then as many unpacked workers as there would have been packs, and one line why)."""
+        self.in_flight = self.n_jobs  # trials kept running: n_jobs, and a packed pool's spares
         if self.pool_launcher is None:
             return
         if self.pack > 1:
@@ -189,7 +190,7 @@ class SweepRunner:
                 log.info(f"hydra.launcher.pack={self.pack}: trials not packed ({why}); one trial per worker")
                 self.n_jobs = -(-self.n_jobs // self.pack)
                 self.pool_launcher.pack = self.pack = 1
-        self.pool_launcher.start(self.n_jobs)
+        self.in_flight = self.n_jobs + getattr(self.pool_launcher.start(self.n_jobs), "spares", 0)
 
     def sweep(self, arguments: list[str]) -> dict[str, Any] | None:
         s = self.s
@@ -263,7 +264,8 @@ class SweepRunner:
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed) -> None:
-        """Keep ``n_jobs`` trials running; start the next one as soon as any finishes. When the
+        """Keep ``in_flight`` trials running (``n_jobs``; packed, one more per worker, prepared while its
+        pack trains); start the next one as soon as any finishes. When the
         budget is taken by other workers' running trials, wait for them (or their heartbeat to
         stop) rather than end early."""
         s, launcher = self.s, self.launcher
@@ -271,7 +273,8 @@ class SweepRunner:
         self.heartbeat = heartbeat = Heartbeat(study._storage)
         poll = heartbeat.interval or 2.0
         running: dict[Future, tuple[optuna.Trial, str]] = {}
-        stalls = StallWatch(s["stall_factor"], s["stall_floor"])
+        stalls = StallWatch(s["stall_factor"], s["stall_floor"],  # a packed trial: once in its slot
+                            waiting=(lambda t: PACK_ATTR not in t.user_attrs) if self.pack > 1 else None)
         self.console = SweepConsole(self.n_trials, self.config.objective)
         started = None
         failures = 0
@@ -279,7 +282,7 @@ class SweepRunner:
             while True:
                 self._status(study, len(running))
                 self._reap(study)
-                while len(running) < self.n_jobs and not self._timed_out(deadline) \
+                while len(running) < self.in_flight and not self._timed_out(deadline) \
                         and not getattr(study.sampler, "exhausted", False):
                     started = self._start(study, space)
                     if started is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from optuna.trial import FrozenTrial
 
@@ -33,6 +33,8 @@ class StallWatch:
     seen: dict[int, _Seen] = field(default_factory=dict)
     epochs: list[float] = field(default_factory=list)  # seconds between two reports, any trial
     ever: set[int] = field(default_factory=set)  # trials that stalled at some point
+    #: True for a trial that has not begun (a packed worker's spare waiting for a slot): not watched yet
+    waiting: Optional[Callable[[FrozenTrial], bool]] = None
 
     def limit(self) -> float:
         """Seconds of silence after which a trial counts as stalled."""
@@ -42,6 +44,8 @@ class StallWatch:
         """Lines to say about ``running`` (the study's RUNNING trials) now: stalled, or reporting again."""
         now, lines, live = self.clock(), [], set()
         for trial in running:
+            if self.waiting is not None and self.waiting(trial):
+                continue  # its silence begins when it does
             live.add(trial.number)
             reports = len(trial.intermediate_values)
             seen = self.seen.setdefault(trial.number, _Seen(reports, now))
