@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
-from lenet_sweep.config import UserError, flatten, objectives
+from lenet_sweep.config import UserError, flatten, objectives as objective_list
 from lenet_sweep.packing import unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
@@ -139,6 +139,11 @@ class SweepRunner:
         self.extend_space = None  # hydra.sweeper.custom_search_space's function (setup)
         self.phases = SweepPhases()
 
+    @property
+    def objectives(self) -> list[str]:
+        """The metrics ``objective`` names (one, or several: a multi-objective study)."""
+        return objective_list(self.config.objective)
+
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
         # the console is the sweep's (lenet_sweep.sweep.console): no store-creation or study-creation
@@ -153,12 +158,11 @@ class SweepRunner:
         self.pruner_name = choices.get("hydra/sweeper/pruner", "median")
         try:
             settings.check(self.s)
-            self.objectives = objectives(config.objective)
             self.directions = settings.directions(self.s["direction"], self.objectives)
             if len(self.objectives) > 1 and self.sampler_name == "cmaes":
                 raise ValueError(f"hydra/sweeper/sampler=cmaes optimises one objective, not objective="
-                                 f"[{','.join(self.objectives)}]: choose hydra/sweeper/sampler=tpe (or "
-                                 "random, qmc, gp, grid)")
+                                 f"{_shown(self.objectives)}: choose hydra/sweeper/sampler=tpe (or random, "
+                                 "qmc, gp, grid)")
             self.s["pruner"]()  # bad pruner options fail here, before anything starts
             self.extend_space = settings.custom_search_space(self.s["custom_search_space"])
         except (ValueError, TypeError) as exc:
@@ -166,10 +170,9 @@ class SweepRunner:
             if isinstance(exc, TypeError) or self.pruner_name in reason:
                 raise SweepError(f"hydra/sweeper/pruner={self.pruner_name}: {reason}") from None
             raise SweepError(reason) from None
-        self.monitor, self.prunes = monitor_for(self.objectives)
-        if not self.prunes and self.pruner_name != "none":
-            why = (f"Optuna prunes no trial of a study with several objectives (objective=[{','.join(self.objectives)}])"
-                   if len(self.objectives) > 1 else f"objective={self.objectives[0]} has no value per epoch")
+        if not monitor_for(self.objectives)[1] and self.pruner_name != "none":  # Trial.report would raise
+            why = (f"objective={self.objectives[0]} has no value per epoch" if len(self.objectives) == 1 else
+                   f"Optuna prunes no trial of a study with several objectives (objective={_shown(self.objectives)})")
             log.info(f"hydra/sweeper/pruner={self.pruner_name}: off, {why}; every trial trains all its epochs")
             self.pruner_name, self.pruner_config = "none", OmegaConf.to_container(OmegaConf.structured(
                 settings.NopPrunerConf))
@@ -255,10 +258,6 @@ class SweepRunner:
             raise SweepError(str(exc)) from None
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objectives
             study.set_metric_names(self.objectives)
-        elif study.metric_names != self.objectives:  # the same directions, other metrics: not one study
-            raise SweepError(f"study {study.study_name} in {tracking.mask_url(self.storage_url)} was created "
-                             f"for objective={_shown(study.metric_names)}, not objective={_shown(self.objectives)}: "
-                             "give a new hydra.sweeper.study_name")
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
@@ -293,16 +292,19 @@ class SweepRunner:
             raise
 
     def _check_direction(self, storage) -> None:
-        """A study is resumed only in the directions it was created with."""
+        """A study is resumed only in the directions, and for the objectives, it was created with."""
         name = self.s["study_name"]
-        try:
-            existing = [d.name.lower() for d in storage.get_study_directions(storage.get_study_id_from_name(name))]
-        except KeyError:  # a new study
+        if name not in optuna.study.get_all_study_names(storage):  # a new study
             return
+        study = optuna.load_study(study_name=name, storage=storage)
+        existing = [d.name.lower() for d in study.directions]
+        where = f"study {name} in {tracking.mask_url(self.storage_url)} was created"
         if existing != self.directions:
-            raise ValueError(f"study {name} in {tracking.mask_url(self.storage_url)} was created to "
-                             f"{','.join(existing)}, not to {','.join(self.directions)} "
+            raise ValueError(f"{where} to {','.join(existing)}, not to {','.join(self.directions)} "
                              f"(objective={_shown(self.objectives)}): give a new hydra.sweeper.study_name")
+        if study.metric_names is not None and study.metric_names != self.objectives:  # other metrics
+            raise ValueError(f"{where} for objective={_shown(study.metric_names)}, not "
+                             f"objective={_shown(self.objectives)}: give a new hydra.sweeper.study_name")
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed) -> None:
@@ -400,9 +402,10 @@ class SweepRunner:
             trial.set_user_attr("mlflow_run_id", run_id)
             trial.set_user_attr("mlflow_run_url", runs.ui_path(self.client, self.experiment_id, run_id))
             trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
+            monitor, intermediate = monitor_for(self.objectives)
             TrialPayload(number=trial.number, study_name=study.study_name, storage=self.storage_url,
-                         pruner=self.pruner_config, monitor=self.monitor, run_id=run_id,
-                         resume_from=self._resume_from(study, trial), intermediate=self.prunes
+                         pruner=self.pruner_config, monitor=monitor, run_id=run_id,
+                         resume_from=self._resume_from(study, trial), intermediate=intermediate
                          ).write(self.sweep_dir / str(trial.number))
         except BaseException as exc:
             self._abandon(study, trial, run_id, exc)
