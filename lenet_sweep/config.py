@@ -182,11 +182,15 @@ def _check_optimizer_name(opt: DictConfig) -> None:
                           f"({choices}), not with optimizer.name")
 
 
+def objective_text(names: Sequence[Any]) -> str:
+    """``objective``'s value as the command line writes it: one name, or ``[a,b]``."""
+    return str(names[0]) if len(names) == 1 else f"[{','.join(map(str, names))}]"
+
+
 def objectives(objective: Any) -> list[str]:
     """``objective`` as a list of metric names (one, or several); a ConfigError names the key."""
-    several = isinstance(objective, Sequence) and not isinstance(objective, str)
-    names = list(objective) if several else [objective]
-    shown = f"[{','.join(map(str, names))}]" if several else objective
+    names = list(objective) if isinstance(objective, Sequence) and not isinstance(objective, str) else [objective]
+    shown = objective_text(names)
     for name in names:
         _check(name in OBJECTIVE_METRICS, "objective", shown,
                f"{name} is not a metric of a run, name one of {', '.join(OBJECTIVE_METRICS)} or a list "

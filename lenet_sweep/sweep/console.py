@@ -1,8 +1,8 @@
 """What a sweep prints: one line per ended trial (its parameters and value) and, on a terminal, one
 status line under them (tqdm, which Optuna already depends on): trials done of the budget, running,
 pruned, failed, the best value so far with its parameters (several objectives: the size of the
-Pareto front), elapsed time and ETA. Off a terminal
-(a log file, a pipe) only the lines: a status line would be a line per update there."""
+Pareto front), elapsed time and ETA. Off a terminal (a log file, a pipe) only the lines: a status
+line would be a line per update there."""
 
 from __future__ import annotations
 

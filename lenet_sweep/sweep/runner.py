@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
-from lenet_sweep.config import UserError, flatten, objectives as objective_list
+from lenet_sweep.config import UserError, flatten, objective_text, objectives as objective_list
 from lenet_sweep.packing import unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
@@ -91,11 +91,6 @@ def _values(returned, n: int) -> tuple[list[float] | None, str | None]:
     return (None, f"the objective is {bad}") if bad is not None else (values, None)
 
 
-def _shown(names: list[str]) -> str:
-    """``objective=`` as the command line writes it: one name, or ``[a,b]``."""
-    return names[0] if len(names) == 1 else f"[{','.join(names)}]"
-
-
 def _front(study) -> list:
     """The Pareto front, best on the first objective first (then on the next ones, then by number)."""
     signs = [-1 if d == optuna.study.StudyDirection.MAXIMIZE else 1 for d in study.directions]
@@ -161,7 +156,7 @@ class SweepRunner:
             self.directions = settings.directions(self.s["direction"], self.objectives)
             if len(self.objectives) > 1 and self.sampler_name == "cmaes":
                 raise ValueError(f"hydra/sweeper/sampler=cmaes optimises one objective, not objective="
-                                 f"{_shown(self.objectives)}: choose hydra/sweeper/sampler=tpe (or random, "
+                                 f"{objective_text(self.objectives)}: choose hydra/sweeper/sampler=tpe (or random, "
                                  "qmc, gp, grid)")
             self.s["pruner"]()  # bad pruner options fail here, before anything starts
             self.extend_space = settings.custom_search_space(self.s["custom_search_space"])
@@ -171,8 +166,9 @@ class SweepRunner:
                 raise SweepError(f"hydra/sweeper/pruner={self.pruner_name}: {reason}") from None
             raise SweepError(reason) from None
         if not monitor_for(self.objectives)[1] and self.pruner_name != "none":  # Trial.report would raise
-            why = (f"objective={self.objectives[0]} has no value per epoch" if len(self.objectives) == 1 else
-                   f"Optuna prunes no trial of a study with several objectives (objective={_shown(self.objectives)})")
+            shown = objective_text(self.objectives)
+            why = (f"objective={shown} has no value per epoch" if len(self.objectives) == 1 else
+                   f"Optuna prunes no trial of a study with several objectives (objective={shown})")
             log.info(f"hydra/sweeper/pruner={self.pruner_name}: off, {why}; every trial trains all its epochs")
             self.pruner_name, self.pruner_config = "none", OmegaConf.to_container(OmegaConf.structured(
                 settings.NopPrunerConf))
@@ -301,10 +297,10 @@ class SweepRunner:
         where = f"study {name} in {tracking.mask_url(self.storage_url)} was created"
         if existing != self.directions:
             raise ValueError(f"{where} to {','.join(existing)}, not to {','.join(self.directions)} "
-                             f"(objective={_shown(self.objectives)}): give a new hydra.sweeper.study_name")
+                             f"(objective={objective_text(self.objectives)}): give a new hydra.sweeper.study_name")
         if study.metric_names is not None and study.metric_names != self.objectives:  # other metrics
-            raise ValueError(f"{where} for objective={_shown(study.metric_names)}, not "
-                             f"objective={_shown(self.objectives)}: give a new hydra.sweeper.study_name")
+            raise ValueError(f"{where} for objective={objective_text(study.metric_names)}, not "
+                             f"objective={objective_text(self.objectives)}: give a new hydra.sweeper.study_name")
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed) -> None:

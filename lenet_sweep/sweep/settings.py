@@ -13,6 +13,8 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from lenet_sweep.config import objective_text
+
 SWEEPER_TARGET = "hydra_plugins.lenet_sweep_optuna.optuna_sweeper.OptunaSweeper"
 
 
@@ -233,7 +235,7 @@ def directions(configured: Any, objectives: list[str]) -> list[str]:
     """The study's directions, one per objective: as configured, or by the objective's name. A list
     of another length, a value other than maximize / minimize / null, or a direction that contradicts
     its objective's kind is a ValueError naming the key."""
-    shown = objectives[0] if len(objectives) == 1 else f"[{','.join(objectives)}]"
+    shown = objective_text(objectives)
     if isinstance(configured, Sequence) and not isinstance(configured, str):
         given = list(configured)
         text = f"[{','.join('null' if d is None else str(d) for d in given)}]"
