@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lenet_sweep import CONF_DIR
-from lenet_sweep.config import ConfigError, UserError, register, validate
+from lenet_sweep.config import ConfigError, UserError, objectives, register, validate
 
 register()
 log = logging.getLogger(__name__)
@@ -29,11 +29,16 @@ def _moved_keys(argv: list[str]) -> None:
                          f"(its options: {new.replace('/', '.').rstrip('=')}.KEY=VALUE)")
 
 
-def objective(metrics: dict[str, float], name: str) -> float:
-    if name not in metrics:
-        raise ConfigError(f"objective={name} names no metric of this run; "
-                          f"one of: {', '.join(sorted(metrics))}")
-    return float(metrics[name])
+def objective(metrics: dict[str, float], name) -> float | tuple[float, ...]:
+    """The value returned to a sweeper: the metric ``name`` names; a tuple for several names
+    (several objectives, in their order)."""
+    names = objectives(name)
+    for one in names:
+        if one not in metrics:
+            raise ConfigError(f"objective={one} names no metric of this run; "
+                              f"one of: {', '.join(sorted(metrics))}")
+    values = tuple(float(metrics[one]) for one in names)
+    return values if len(values) > 1 else values[0]
 
 
 def _traceback_to_log_file(exc: BaseException) -> None:

@@ -38,14 +38,16 @@ class RunResult:
 class SweepResult:
     study_name: str
     storage: str  # the Optuna storage (a password masked)
-    direction: str
-    best_trial: int
-    best_value: float
+    direction: str  # several objectives: their directions, comma-separated
+    best_trial: int  # several objectives: the Pareto front's best on the first objective
+    best_value: float  # (on the first objective)
     best_params: dict[str, Any]
     best_run_id: str  # the best trial's MLflow run
     output_dir: str  # the best trial's job folder
     trials: dict[str, int]  # trials by state
     results_file: str  # its optimization_results.yaml
+    # several objectives: the Pareto front, each member's trial, params, values and mlflow_run_id
+    solutions: list[dict[str, Any]] | None = None
 
 
 def run(overrides: Sequence[str] = ()) -> RunResult:
@@ -100,5 +102,7 @@ def sweep(overrides: Sequence[str] = (), cwd: str | os.PathLike | None = None) -
         raise UserError("the sweep ended without writing optimization_results.yaml")
     path = Path(found[-1])
     r = yaml.safe_load(path.read_text())
-    return SweepResult(r["study_name"], r["storage"], r["direction"], r["best_trial"], r["best_value"],
-                       r["best_params"], r["mlflow_run_id"], r["output_dir"], r["trials"], str(path))
+    several = "solutions" in r
+    return SweepResult(r["study_name"], r["storage"], ",".join(r["directions"]) if several else r["direction"],
+                       r["best_trial"], r["best_values"][0] if several else r["best_value"], r["best_params"],
+                       r["mlflow_run_id"], r["output_dir"], r["trials"], str(path), r.get("solutions"))

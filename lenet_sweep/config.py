@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-#: Metrics a run produces; ``objective`` must name one of them.
-OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss")
+#: Metrics a run produces; ``objective`` names one of them, or a list of them (several objectives).
+#: ``train_seconds``: its epochs' seconds summed; ``num_params``: the model's parameter count.
+OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy", "test_loss",
+                     "train_seconds", "num_params")
 
 
 class UserError(Exception):
@@ -131,7 +133,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 42
-    objective: str = "val_accuracy"  # metric returned to a sweeper; one of OBJECTIVE_METRICS
+    # metric returned to a sweeper, one of OBJECTIVE_METRICS; a list of them: several objectives
+    objective: Any = "val_accuracy"
 
 
 def register() -> None:
@@ -179,6 +182,24 @@ def _check_optimizer_name(opt: DictConfig) -> None:
                           f"({choices}), not with optimizer.name")
 
 
+def objective_text(names: Sequence[Any]) -> str:
+    """``objective``'s value as the command line writes it: one name, or ``[a,b]``."""
+    return str(names[0]) if len(names) == 1 else f"[{','.join(map(str, names))}]"
+
+
+def objectives(objective: Any) -> list[str]:
+    """``objective`` as a list of metric names (one, or several); a ConfigError names the key."""
+    names = list(objective) if isinstance(objective, Sequence) and not isinstance(objective, str) else [objective]
+    shown = objective_text(names)
+    for name in names:
+        _check(name in OBJECTIVE_METRICS, "objective", shown,
+               f"{name} is not a metric of a run, name one of {', '.join(OBJECTIVE_METRICS)} or a list "
+               "of them", "[val_accuracy,train_seconds]" if len(names) > 1 else "val_accuracy")
+    _check(bool(names) and len(names) == len(set(names)), "objective", shown, "name each metric once, at least one",
+           "[val_accuracy,train_seconds]")
+    return names
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is out of range."""
     opt, data = cfg.optimizer, cfg.data
@@ -196,13 +217,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train_limit", "test_limit"):
         n = data[key]
         _check(n is None or n >= 10, f"data.{key}", n, "must be null (all) or >= 10", "2000")
-    _check(
-        cfg.objective in OBJECTIVE_METRICS,
-        "objective",
-        cfg.objective,
-        f"must be one of {', '.join(OBJECTIVE_METRICS)}",
-        "val_accuracy",
-    )
+    objectives(cfg.objective)
     m = cfg.model
     _check(all(f >= 1 for f in m.conv_filters), "model.conv_filters", list(m.conv_filters),
            "every filter count must be >= 1", "[6,16]")

@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,15 +78,29 @@ def _seconds(trial: FrozenTrial) -> float:
     return (end - trial.datetime_start).total_seconds()
 
 
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives by name (``study.set_metric_names``; else ``values_0``, ...)."""
+    n = len(study.directions)
+    return list(study.metric_names or ([f"values_{i}" for i in range(n)] if n > 1 else ["value"]))
+
+
 def trials_table(study: optuna.Study, client=None) -> pd.DataFrame:
     """Every trial, best first: completed trials by value (the study's direction), then RUNNING,
     PRUNED, FAIL and WAITING by number. Columns: rank (completed only), trial, state, value, the
     searched params (short names), epochs reached, val_accuracy, test_accuracy, seconds, the MLflow
-    run id and, for failed trials, the reason."""
+    run id and, for failed trials, the reason.
+
+    Several objectives: the Pareto front's trials first (column ``front``), each part by the first
+    objective; a column per objective (its name) instead of ``value``, and of val_accuracy and
+    test_accuracy only those that are not objectives."""
     trials = study.get_trials(deepcopy=False)
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     short = _short_names(keys)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    several = len(study.directions) > 1
+    names = objective_names(study) if several else ["value"]
+    front = {t.number for t in study.best_trials} if several else set()
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    facts_shown = [k for k in ("val_accuracy", "test_accuracy") if k not in names]
     rows = []
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
@@ -93,19 +108,20 @@ def trials_table(study: optuna.Study, client=None) -> pd.DataFrame:
         seconds = _seconds(t)
         if math.isnan(seconds):
             seconds = facts["mlflow_seconds"]
+        values = t.values if t.values is not None else [np.nan] * len(names)
         rows.append({"trial": t.number, "state": t.state.name,
-                     "value": t.value if t.value is not None else np.nan,
+                     **({"front": "front" if t.number in front else ""} if several else {}),
+                     **dict(zip(names, values)),
                      **{short[k]: t.params.get(k, pd.NA) for k in keys},
-                     "epochs": facts["epochs"], "val_accuracy": facts["val_accuracy"],
-                     "test_accuracy": facts["test_accuracy"], "seconds": seconds,
+                     "epochs": facts["epochs"], **{k: facts[k] for k in facts_shown}, "seconds": seconds,
                      "mlflow_run_id": run_id or "", "fail_reason": t.user_attrs.get("fail_reason", ""),
-                     "_order": STATE_ORDER.get(t.state, 5),
-                     "_key": (-1 if maximize else 1) * t.value if t.value is not None else t.number})
-    columns = ["rank", "trial", "state", "value", *short.values(), "epochs", "val_accuracy",
-               "test_accuracy", "seconds", "mlflow_run_id", "fail_reason"]
+                     "_order": STATE_ORDER.get(t.state, 5), "_front": t.number not in front,
+                     "_key": sign * t.values[0] if t.values is not None else t.number})
+    columns = ["rank", "trial", "state", *(["front"] if several else []), *names, *short.values(), "epochs",
+               *facts_shown, "seconds", "mlflow_run_id", "fail_reason"]
     if not rows:
         return pd.DataFrame(columns=columns)
-    table = pd.DataFrame(rows).sort_values(["_order", "_key", "trial"], kind="stable")
+    table = pd.DataFrame(rows).sort_values(["_order", "_front", "_key", "trial"], kind="stable")
     complete = (table["state"] == TrialState.COMPLETE.name).to_numpy()
     table["rank"] = pd.array(np.where(complete, np.cumsum(complete), 0), dtype="Int64")
     table.loc[~complete, "rank"] = pd.NA
@@ -137,20 +153,26 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 # -- the plots -------------------------------------------------------------------------------------
 def _plots(study: optuna.Study) -> dict[str, Any]:
-    """Optuna's matplotlib plots worth drawing for this study, by file stem."""
+    """Optuna's matplotlib plots worth drawing for this study, by file stem. Several objectives: the
+    Pareto front (two or three objectives), the others of the first objective."""
     from optuna.visualization import matplotlib as vis
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     varied = [k for k in dict.fromkeys(k for t in complete for k in t.params)
               if len({repr(t.params.get(k)) for t in complete}) > 1]
     plots: dict[str, Any] = {}
+    first = {}
+    if len(study.directions) > 1:
+        first = {"target": lambda t: t.values[0], "target_name": objective_names(study)[0]}
+        if complete and len(study.directions) <= 3:
+            plots["pareto_front"] = vis.plot_pareto_front
     if complete:
-        plots["optimization_history"] = vis.plot_optimization_history
-        plots["slice"] = vis.plot_slice
+        plots["optimization_history"] = partial(vis.plot_optimization_history, **first)
+        plots["slice"] = partial(vis.plot_slice, **first)
     if len(complete) >= 2:
-        plots["parallel_coordinate"] = vis.plot_parallel_coordinate
+        plots["parallel_coordinate"] = partial(vis.plot_parallel_coordinate, **first)
     if len(complete) >= 2 and varied:
-        plots["param_importances"] = vis.plot_param_importances
+        plots["param_importances"] = partial(vis.plot_param_importances, **first)
     if study.get_trials(deepcopy=False):
         plots["timeline"] = vis.plot_timeline
     return plots
@@ -218,7 +240,11 @@ def _summary(study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = pd.Series([t.state.name for t in trials]).value_counts().to_dict() if trials else {}
     states = ", ".join(f"{n} {s}" for s, n in counts.items())
-    return f"{study.direction.name.lower()}, {len(trials)} trials" + (f": {states}" if states else "")
+    goals = [d.name.lower() for d in study.directions]
+    if len(goals) > 1:  # "maximize val_accuracy, minimize train_seconds, Pareto front of 3"
+        goals = [*(f"{d} {n}" for d, n in zip(goals, objective_names(study))),
+                 f"Pareto front of {len(study.best_trials)}"]
+    return f"{', '.join(goals)}, {len(trials)} trials" + (f": {states}" if states else "")
 
 
 # -- the command -----------------------------------------------------------------------------------

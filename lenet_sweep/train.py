@@ -161,11 +161,14 @@ def record_end(client: MlflowClient, run_id: str, model: keras.Model, splits: da
                output_dir: Path | None) -> dict[str, float]:
     """What a run records after training: the XLA choice, test metrics, pictures (not for a run
     stopped early: a pruned trial), the weights and Hydra's ``.hydra/`` files. Returns the final
-    epoch's metrics plus ``test_loss`` and ``test_accuracy``."""
+    epoch's metrics plus ``test_loss``, ``test_accuracy``, ``train_seconds`` (its epochs' seconds)
+    and ``num_params``: what an ``objective`` may name."""
     client.set_tag(run_id, "xla", str(xla).lower())  # the choice trainer.jit_compile=null made
-    metrics = {**history[-1], **{f"test_{k}": float(v) for k, v in test.items()}}
-    tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy")},
-                         step=len(history) - 1)
+    metrics = {**history[-1], **{f"test_{k}": float(v) for k, v in test.items()},
+               "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history),
+               "num_params": float(model.count_params())}
+    tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy", "train_seconds",
+                                                                  "num_params")}, step=len(history) - 1)
     if stopped:
         log.info("training stopped early: figures/ not written")
     else:
@@ -376,7 +379,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
 
     The run's phases (``phase.*_seconds``, :mod:`lenet_sweep.runtime`) are logged before it ends.
 
-    Returns the final epoch's metrics plus ``test_loss`` and ``test_accuracy``.
+    Returns what :func:`record_end` returns.
     """
     started = time.time()
     phases = runtime.Phases()

@@ -31,7 +31,7 @@ class TrialPayload:
     storage: str  # the study's storage: RDB URL or journal file (may hold a password: the file is
     # 0600, and the sweeper removes it when it tells Optuna the trial's end)
     pruner: dict[str, Any]  # the pruner's config (``_target_``, ``_partial_``, options)
-    monitor: str  # the per-epoch metric reported (the objective, or its val_ form)
+    monitor: str  # the per-epoch metric reported (the objective, or its val_ form; monitor_for)
     run_id: str  # the MLflow child run the job writes into
     # A retried trial: the failed attempt's job folder (its output_dir, <sweep dir>/<its number>). The
     # job continues from the checkpoint there (lenet_sweep.checkpoint), if any, into this payload's
@@ -40,6 +40,9 @@ class TrialPayload:
     # When the sweeper wrote it (wall clock, seconds since the epoch; ``write`` sets it): the start of
     # the trial's wait for a worker (its run's ``phase.wait_slot_seconds``, lenet_sweep.runtime)
     written_at: float | None = None
+    # Whether the monitored values go to Optuna as intermediate values, for the pruner to judge; false
+    # (several objectives, or one no epoch reports): only the count of epochs reported (PROGRESS_ATTR)
+    intermediate: bool = True
 
     def write(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / PAYLOAD_FILE
@@ -70,9 +73,23 @@ class TrialPayload:
         return cls(**fields)
 
 
-def monitor_for(objective: str) -> str:
-    """The per-epoch metric a pruner watches: the objective, or its validation form for test_*."""
-    return "val_" + objective[len("test_"):] if objective.startswith("test_") else objective
+#: what every epoch logs (lenet_sweep.train.EpochLogger's logs)
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+#: the trial's system attr counting its epochs reported when no intermediate value is (the stall watch's)
+PROGRESS_ATTR = "epochs_reported"
+
+
+def monitor_for(objectives: list[str]) -> tuple[str, bool]:
+    """The per-epoch metric a trial reports, and whether Optuna gets it as an intermediate value (the
+    pruner's): the objective, or its validation form for test_*. For several objectives (Optuna
+    neither records nor prunes their trials' epochs) or one no epoch reports (train_seconds,
+    num_params): the loss, counted as the trial's progress only."""
+    if len(objectives) == 1:
+        name = objectives[0]
+        monitor = "val_" + name.removeprefix("test_") if name.startswith("test_") else name
+        if monitor in EPOCH_METRICS:
+            return monitor, True
+    return "loss", False
 
 
 _STORAGES: dict[str, Any] = {}
@@ -109,6 +126,7 @@ class Reporter:
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, payload.number)
         self.trial = optuna.Trial(study, trial_id)
         self.pruned_at: int | None = None
+        self.epochs: set[int] = set()
 
     def entered(self, slot: int, size: int) -> None:
         """The trial took slot ``slot`` of a pack of ``size``: it trains from now on."""
@@ -116,7 +134,12 @@ class Reporter:
 
     def report(self, epoch: int, value: float, ask: bool = True) -> bool:
         """Record ``value`` for ``epoch``; True when the pruner says stop. ``ask=False``: record only
-        (a retried trial's epochs of its failed attempt; the pruner judges the first epoch it trains)."""
+        (a retried trial's epochs of its failed attempt; the pruner judges the first epoch it trains).
+        Without intermediate values (``payload.intermediate``): the count of epochs reported only."""
+        if not self.payload.intermediate:
+            self.epochs.add(epoch)
+            self.trial.study._storage.set_trial_system_attr(self.trial._trial_id, PROGRESS_ATTR, len(self.epochs))
+            return False
         self.trial.report(float(value), step=epoch)
         if ask and self.trial.should_prune():
             self.pruned_at = epoch

@@ -197,7 +197,7 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
     study = optuna.create_study(study_name="s", storage=open_optuna_storage(str(tmp_path / "j.journal")))
     runner = SweepRunner({"n_trials": 3, "params": {}})
     runner.client, runner.sweep_dir, runner.n_trials = client, tmp_path, 3
-    runner.console = SweepConsole(3, "val_accuracy")
+    runner.console = SweepConsole(3, ["val_accuracy"])
     exp = client.create_experiment("e")
     for value, reason in [(math.nan, "the objective is nan"), (math.inf, "the objective is inf"),
                           ("high", "the run returned 'high', not a number")]:

@@ -1,13 +1,14 @@
 """What a sweep prints: one line per ended trial (its parameters and value) and, on a terminal, one
 status line under them (tqdm, which Optuna already depends on): trials done of the budget, running,
-pruned, failed, the best value so far with its parameters, elapsed time and ETA. Off a terminal
-(a log file, a pipe) only the lines: a status line would be a line per update there."""
+pruned, failed, the best value so far with its parameters (several objectives: the size of the
+Pareto front), elapsed time and ETA. Off a terminal (a log file, a pipe) only the lines: a status
+line would be a line per update there."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -18,6 +19,12 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def values_text(objectives: Sequence[str], values: Sequence[float]) -> str:
+    """``val_accuracy=0.8123 train_seconds=12.3``: each objective's value (a count as a whole number)."""
+    return " ".join(f"{name}={v:.0f}" if name == "num_params" else f"{name}={v:.4g}"
+                    for name, v in zip(objectives, values))
+
+
 def params_text(params: Mapping[str, Any]) -> str:
     """``lr=0.12 momentum=0.5``: each key less its group (``optimizer.``), unless two keys would clash."""
     leaves = [k.rsplit(".", 1)[-1] for k in params]
@@ -26,9 +33,9 @@ def params_text(params: Mapping[str, Any]) -> str:
 
 
 class SweepConsole:
-    def __init__(self, n_trials: int, objective: str, stream: TextIO | None = None):
+    def __init__(self, n_trials: int, objectives: Sequence[str], stream: TextIO | None = None):
         self.stream = stream or sys.stdout
-        self.n_trials, self.objective = n_trials, objective
+        self.n_trials, self.objectives = n_trials, list(objectives)
         self.started = time.monotonic()
         self.bar = None
         if self.stream.isatty():
@@ -44,9 +51,11 @@ class SweepConsole:
         else:
             print(line, file=self.stream, flush=True)
 
-    def ended(self, trial: FrozenTrial, done: int, best: FrozenTrial | None) -> None:
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"{self.objective}={trial.value:.4f}"
+    def ended(self, trial: FrozenTrial, done: int, best: FrozenTrial | list[FrozenTrial] | None) -> None:
+        if trial.state == TrialState.COMPLETE and len(self.objectives) > 1:
+            outcome = values_text(self.objectives, trial.values)
+        elif trial.state == TrialState.COMPLETE:
+            outcome = f"{self.objectives[0]}={trial.value:.4f}"
         elif trial.state == TrialState.PRUNED:
             at = max(trial.intermediate_values, default=None)
             outcome = f"at epoch {at}" if at is not None else ""
@@ -56,7 +65,8 @@ class SweepConsole:
         self.say(" | ".join(x for x in (f"{head} {outcome}".rstrip(), params_text(trial.params),
                                         self._best(best)) if x))
 
-    def status(self, done: int, running: int, pruned: int, failed: int, best: FrozenTrial | None) -> None:
+    def status(self, done: int, running: int, pruned: int, failed: int,
+               best: FrozenTrial | list[FrozenTrial] | None) -> None:
         if self.bar is None:
             return
         self.bar.n = done
@@ -64,9 +74,14 @@ class SweepConsole:
                                  refresh=False)
         self.bar.refresh()
 
-    def _best(self, best: FrozenTrial | None, with_params: bool = False) -> str:
+    def _best(self, best: FrozenTrial | list[FrozenTrial] | None, with_params: bool = False) -> str:
+        """The best trial so far; several objectives: the Pareto front (``best`` a list)."""
         if best is None:
             return "best=none yet"
+        if isinstance(best, list):
+            numbers = ", ".join(str(t.number) for t in sorted(best, key=lambda t: t.number))
+            return f"front: {len(best)} trial{'s' if len(best) != 1 else ''}" + (
+                f" ({numbers})" if len(best) <= 6 else "")
         text = f"best={best.value:.4f} (trial {best.number})"
         return f"{text} {params_text(best.params)}" if with_params else text
 

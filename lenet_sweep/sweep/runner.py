@@ -22,11 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
-from lenet_sweep.config import UserError, flatten
+from lenet_sweep.config import UserError, flatten, objective_text, objectives as objective_list
 from lenet_sweep.packing import unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
-from lenet_sweep.sweep.console import SweepConsole
+from lenet_sweep.sweep.console import SweepConsole, params_text, values_text
 from lenet_sweep.sweep import study as studies
 from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
 from lenet_sweep.sweep.phases import SweepPhases
@@ -68,11 +68,33 @@ def one_line_errors(call: Callable[[], Any]) -> Any:
 
 
 def _best(study):
-    """The study's best trial so far, or None."""
+    """The study's best trial so far (several objectives: its Pareto front, a list), or None."""
+    if len(study.directions) > 1:
+        return study.best_trials or None
     try:
         return study.best_trial
     except ValueError:
         return None
+
+
+def _values(returned, n: int) -> tuple[list[float] | None, str | None]:
+    """A completed job's return value as the trial's ``n`` values (one per objective), or why not."""
+    try:
+        if n > 1 and isinstance(returned, str):
+            raise TypeError(returned)
+        values = [float(v) for v in returned] if n > 1 else [float(returned)]
+    except (TypeError, ValueError):
+        return None, f"the run returned {returned!r}, not {'a number' if n == 1 else f'{n} numbers'}"
+    if len(values) != n:
+        return None, f"the run returned {len(values)} values for {n} objectives"
+    bad = next((v for v in values if not math.isfinite(v)), None)
+    return (None, f"the objective is {bad}") if bad is not None else (values, None)
+
+
+def _front(study) -> list:
+    """The Pareto front, best on the first objective first (then on the next ones, then by number)."""
+    signs = [-1 if d == optuna.study.StudyDirection.MAXIMIZE else 1 for d in study.directions]
+    return sorted(study.best_trials, key=lambda t: ([s * v for s, v in zip(signs, t.values)], t.number))
 
 
 class BatchLauncher:
@@ -112,6 +134,11 @@ class SweepRunner:
         self.extend_space = None  # hydra.sweeper.custom_search_space's function (setup)
         self.phases = SweepPhases()
 
+    @property
+    def objectives(self) -> list[str]:
+        """The metrics ``objective`` names (one, or several: a multi-objective study)."""
+        return objective_list(self.config.objective)
+
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
         # the console is the sweep's (lenet_sweep.sweep.console): no store-creation or study-creation
@@ -126,7 +153,11 @@ class SweepRunner:
         self.pruner_name = choices.get("hydra/sweeper/pruner", "median")
         try:
             settings.check(self.s)
-            self.direction = settings.direction(self.s["direction"], config.objective)
+            self.directions = settings.directions(self.s["direction"], self.objectives)
+            if len(self.objectives) > 1 and self.sampler_name == "cmaes":
+                raise ValueError(f"hydra/sweeper/sampler=cmaes optimises one objective, not objective="
+                                 f"{objective_text(self.objectives)}: choose hydra/sweeper/sampler=tpe (or random, "
+                                 "qmc, gp, grid)")
             self.s["pruner"]()  # bad pruner options fail here, before anything starts
             self.extend_space = settings.custom_search_space(self.s["custom_search_space"])
         except (ValueError, TypeError) as exc:
@@ -134,6 +165,13 @@ class SweepRunner:
             if isinstance(exc, TypeError) or self.pruner_name in reason:
                 raise SweepError(f"hydra/sweeper/pruner={self.pruner_name}: {reason}") from None
             raise SweepError(reason) from None
+        if not monitor_for(self.objectives)[1] and self.pruner_name != "none":  # Trial.report would raise
+            shown = objective_text(self.objectives)
+            why = (f"objective={shown} has no value per epoch" if len(self.objectives) == 1 else
+                   f"Optuna prunes no trial of a study with several objectives (objective={shown})")
+            log.info(f"hydra/sweeper/pruner={self.pruner_name}: off, {why}; every trial trains all its epochs")
+            self.pruner_name, self.pruner_config = "none", OmegaConf.to_container(OmegaConf.structured(
+                settings.NopPrunerConf))
         self.pack = getattr(launcher, "pack", 1)
         if self.pack is None:  # hydra.launcher.pack=null: from the devices
             gpus = devices.visible_gpus()
@@ -212,11 +250,11 @@ class SweepRunner:
             self._check_direction(storage)
             self.client = tracking.client_for(self.config.mlflow)
             study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
-                                        direction=self.direction, load_if_exists=True)
+                                        directions=self.directions, load_if_exists=True)
         except (SearchSpaceError, ValueError, TypeError) as exc:  # a store's own errors are UserErrors
             raise SweepError(str(exc)) from None
-        if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective
-            study.set_metric_names([self.config.objective])
+        if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objectives
+            study.set_metric_names(self.objectives)
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
@@ -228,7 +266,7 @@ class SweepRunner:
                 log.info(note)
         tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
                 "optuna.sampler": self.sampler_name, "optuna.pruner": self.pruner_name,
-                "optuna.direction": self.direction,
+                "optuna.direction": ",".join(self.directions),
                 "optuna.search_space": json.dumps(space_text, default=str),
                 "sweep_dir": str(self.sweep_dir), "worker": liveness.WORKER}
         try:
@@ -251,16 +289,19 @@ class SweepRunner:
             raise
 
     def _check_direction(self, storage) -> None:
-        """A study is resumed only in the direction it was created with."""
+        """A study is resumed only in the directions, and for the objectives, it was created with."""
         name = self.s["study_name"]
-        try:
-            [existing] = storage.get_study_directions(storage.get_study_id_from_name(name))
-        except KeyError:  # a new study
+        if name not in optuna.study.get_all_study_names(storage):  # a new study
             return
-        if existing.name.lower() != self.direction:
-            raise ValueError(f"study {name} in {tracking.mask_url(self.storage_url)} was created to "
-                             f"{existing.name.lower()}, not to {self.direction} "
-                             f"(objective={self.config.objective}): give a new hydra.sweeper.study_name")
+        study = optuna.load_study(study_name=name, storage=storage)
+        existing = [d.name.lower() for d in study.directions]
+        where = f"study {name} in {tracking.mask_url(self.storage_url)} was created"
+        if existing != self.directions:
+            raise ValueError(f"{where} to {','.join(existing)}, not to {','.join(self.directions)} "
+                             f"(objective={objective_text(self.objectives)}): give a new hydra.sweeper.study_name")
+        if study.metric_names is not None and study.metric_names != self.objectives:  # other metrics
+            raise ValueError(f"{where} for objective={objective_text(study.metric_names)}, not "
+                             f"objective={objective_text(self.objectives)}: give a new hydra.sweeper.study_name")
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed) -> None:
@@ -275,7 +316,7 @@ class SweepRunner:
         running: dict[Future, tuple[optuna.Trial, str]] = {}
         stalls = StallWatch(s["stall_factor"], s["stall_floor"],  # a packed trial: once in its slot
                             waiting=(lambda t: PACK_ATTR not in t.user_attrs) if self.pack > 1 else None)
-        self.console = SweepConsole(self.n_trials, self.config.objective)
+        self.console = SweepConsole(self.n_trials, self.objectives)
         started = None
         failures = 0
         try:
@@ -360,9 +401,10 @@ class SweepRunner:
             trial.set_user_attr("mlflow_run_id", run_id)
             trial.set_user_attr("mlflow_run_url", runs.ui_path(self.client, self.experiment_id, run_id))
             trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
+            monitor, intermediate = monitor_for(self.objectives)
             TrialPayload(number=trial.number, study_name=study.study_name, storage=self.storage_url,
-                         pruner=self.pruner_config, monitor=monitor_for(self.config.objective),
-                         run_id=run_id, resume_from=self._resume_from(study, trial)
+                         pruner=self.pruner_config, monitor=monitor, run_id=run_id,
+                         resume_from=self._resume_from(study, trial), intermediate=intermediate
                          ).write(self.sweep_dir / str(trial.number))
         except BaseException as exc:
             self._abandon(study, trial, run_id, exc)
@@ -404,14 +446,9 @@ class SweepRunner:
         TrialPayload.remove(self.sweep_dir / str(trial.number))
         reason, retry = None, False
         if ret.status == JobStatus.COMPLETED:
-            try:
-                value = float(ret.return_value)
-            except (TypeError, ValueError):
-                value, reason = None, f"the run returned {ret.return_value!r}, not a number"
-            if value is not None and not math.isfinite(value):
-                reason = f"the objective is {value}"
+            values, reason = _values(ret.return_value, len(study.directions))
             if reason is None:
-                study.tell(trial, value)
+                study.tell(trial, values)
         elif isinstance(ret._return_value, optuna.TrialPruned):
             study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -513,22 +550,25 @@ class SweepRunner:
             first = failed[0].user_attrs.get("fail_reason") if failed else None
             raise SweepFailed(f"no trial completed ({', '.join(f'{v} {k}' for k, v in states.items())})"
                               + (f"; first failure: {first}" if first else ""))
-        best = study.best_trial
-        results = {
-            "study_name": study.study_name, "storage": tracking.mask_url(storage_url),
-            "direction": self.direction, "best_trial": best.number, "best_value": best.value,
-            "best_params": best.params, "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
-            "output_dir": best.user_attrs.get("output_dir"), "trials": states,
-        }
-        with self.phases.phase("results"), tracking.writing(self.sweep_dir / "optimization_results.yaml"):
-            OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        if len(self.objectives) == 1:
+            best = study.best_trial
+            results = {"study_name": study.study_name, "storage": tracking.mask_url(storage_url),
+                       "direction": self.directions[0], "best_trial": best.number, "best_value": best.value,
+                       **self._best_of(best), "trials": states}
+        else:
+            best, results = self._front_results(study, states)
+        path = self.sweep_dir / "optimization_results.yaml"
+        with self.phases.phase("results"), tracking.writing(path):
+            OmegaConf.save(OmegaConf.create(results), path)
+            client.log_artifact(parent_id, str(path))
         tracking.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()},
                             tags={"best_trial_number": best.number,
                                   "best_trial_run_id": results["mlflow_run_id"]})
-        tracking.log_metrics(client, parent_id, {"best_value": best.value})
-        print(f"[sweep] best trial {best.number}: value={best.value:.4f} params={best.params}\n"
-              f"[sweep] mlflow run {results['mlflow_run_id']}, output {results['output_dir']}\n"
-              f"[sweep] results: {self.sweep_dir / 'optimization_results.yaml'}", flush=True)
+        if len(self.objectives) == 1:
+            tracking.log_metrics(client, parent_id, {"best_value": best.value})
+            print(f"[sweep] best trial {best.number}: value={best.value:.4f} params={best.params}")
+        print(f"[sweep] mlflow run {results['mlflow_run_id']}, output {results['output_dir']}\n"
+              f"[sweep] results: {path}", flush=True)
         from lenet_sweep import registry  # the winner as a new model version; never raises
 
         if self.s["register_winner"]:
@@ -540,6 +580,37 @@ class SweepRunner:
                                                model_logger=self._model_logger())
         tracking.log_metrics(client, parent_id, self.phases.metrics())
         return results
+
+    @staticmethod
+    def _best_of(trial) -> dict[str, Any]:
+        return {"best_params": trial.params, "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+                "output_dir": trial.user_attrs.get("output_dir")}
+
+    def _front_results(self, study, states: dict[str, int]) -> tuple[Any, dict[str, Any]]:
+        """Several objectives: the front's member best on the first objective (the one registered),
+        and the results, which list the Pareto front as Hydra's Optuna sweeper does (``name: optuna``,
+        ``solutions``: each member's params and values; here also its trial and run), best on the
+        first objective first. The parent run gets the front as tags; the console a line per member."""
+        front = _front(study)
+        best = front[0]
+        runs = [t.user_attrs.get("mlflow_run_id") or "" for t in front]
+        self.client.set_tag(self.parent_id, "pareto_front_trials", ",".join(str(t.number) for t in front))
+        self.client.set_tag(self.parent_id, "pareto_front_run_ids", ",".join(runs)[:5000])
+        tracking.log_metrics(self.client, self.parent_id, {"pareto_front_size": len(front)})
+        print(f"[sweep] Pareto front: {len(front)} of {states.get('COMPLETE', 0)} completed trials "
+              f"({', '.join(f'{o} {d[:3]}' for o, d in zip(self.objectives, self.directions))})", flush=True)
+        for t in front:
+            print(f"[sweep]   trial {t.number}: {values_text(self.objectives, t.values)} | {params_text(t.params)}",
+                  flush=True)
+        print(f"[sweep] best on {self.objectives[0]} (the first objective) of the front: trial {best.number}"
+              + (", the one registered" if self.s["register_winner"] else ""), flush=True)
+        return best, {
+            "name": "optuna", "study_name": study.study_name, "storage": tracking.mask_url(self.storage_url),
+            "objectives": self.objectives, "directions": self.directions,
+            "solutions": [{"trial": t.number, "params": t.params, "values": t.values, "mlflow_run_id": run}
+                          for t, run in zip(front, runs)],
+            "best_on": self.objectives[0], "best_trial": best.number, "best_values": best.values,
+            **self._best_of(best), "trials": states}
 
     def _model_logger(self):
         """The winner's model logged by a sweep worker, which has TensorFlow loaded: this process never

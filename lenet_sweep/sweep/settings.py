@@ -6,19 +6,16 @@ The values users see and change live in ``conf/hydra/sweeper/optuna.yaml``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from lenet_sweep.config import objective_text
+
 SWEEPER_TARGET = "hydra_plugins.lenet_sweep_optuna.optuna_sweeper.OptunaSweeper"
-
-
-class Direction(Enum):
-    maximize = "maximize"
-    minimize = "minimize"
 
 
 # -- samplers: hydra/sweeper/sampler=<name>, every constructor option typed --------------------------
@@ -151,7 +148,9 @@ class OptunaSweeperConf:
     _target_: str = SWEEPER_TARGET
     sampler: Any = MISSING  # hydra/sweeper/sampler=<name>; a constructor (Hydra's _partial_)
     seed: Optional[int] = 42  # the sampler's seed; each trial's draws: (seed, trial number)
-    direction: Optional[Direction] = None  # null: minimize a *loss objective, else maximize
+    # maximize or minimize; null: by the objective's name (a *_loss, train_seconds, num_params is
+    # minimised, an accuracy maximised); several objectives: a list as long as theirs (null entries too)
+    direction: Any = None
     n_trials: int = 20  # total finished trials of the study (a resumed sweep counts earlier ones)
     n_jobs: Optional[int] = None  # trials at once; null: one per GPU, else one per 2 CPU cores
     timeout: Optional[float] = None  # seconds after which no new trial starts
@@ -228,14 +227,34 @@ def custom_search_space(path: str | None):
                          f"module.function(cfg, trial) importable here") from None
 
 
-def direction(configured: str | None, objective: str) -> str:
-    """The study's direction: as configured, or by the objective's name (a loss is minimised); a
-    configured direction that contradicts the objective's kind is an error."""
-    implied = "minimize" if objective.endswith("loss") else "maximize"
-    if configured is None:
-        return implied
-    if configured != implied:
-        raise ValueError(f"hydra.sweeper.direction={configured} contradicts objective={objective}, "
-                         f"which is {'a loss' if implied == 'minimize' else 'an accuracy'}: leave "
-                         f"hydra.sweeper.direction null (it follows the objective) or set it to {implied}")
-    return configured
+#: objectives minimised (the others, accuracies, are maximised)
+MINIMIZED = ("loss", "val_loss", "test_loss", "train_seconds", "num_params")
+
+
+def directions(configured: Any, objectives: list[str]) -> list[str]:
+    """The study's directions, one per objective: as configured, or by the objective's name. A list
+    of another length, a value other than maximize / minimize / null, or a direction that contradicts
+    its objective's kind is a ValueError naming the key."""
+    shown = objective_text(objectives)
+    if isinstance(configured, Sequence) and not isinstance(configured, str):
+        given = list(configured)
+        text = f"[{','.join('null' if d is None else str(d) for d in given)}]"
+    else:
+        given, text = [configured] * (len(objectives) if configured is None else 1), configured
+    if len(given) != len(objectives):
+        raise ValueError(f"hydra.sweeper.direction={text} does not match objective={shown}: give one "
+                         f"direction per objective, a list of {len(objectives)} (maximize, minimize or null: "
+                         f"null follows the objective), or leave hydra.sweeper.direction null")
+    implied_all = ["minimize" if name in MINIMIZED else "maximize" for name in objectives]
+    example = f"[{','.join(implied_all)}]" if len(objectives) > 1 else implied_all[0]
+    for wanted, name, implied in zip(given, objectives, implied_all):
+        if wanted not in (None, "maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction={text} is invalid: {wanted} is not maximize, "
+                             f"minimize or null (for example hydra.sweeper.direction={example})")
+        if wanted is not None and wanted != implied:
+            kind = {"train_seconds": "a time", "num_params": "a size"}.get(
+                name, "a loss" if implied == "minimize" else "an accuracy")
+            which = "which" if len(objectives) == 1 else f"whose {name}"
+            raise ValueError(f"hydra.sweeper.direction={text} contradicts objective={shown}, {which} is "
+                             f"{kind}: leave its direction null (it follows the objective) or set it to {implied}")
+    return implied_all

@@ -1,7 +1,8 @@
 """A running trial that stops reporting is said, not killed.
 
-Each trial reports its epochs to Optuna (its intermediate values). The sweeper looks at the running
-trials every poll and remembers when each one's count of reports last grew; the seconds between two
+Each trial reports its epochs to Optuna (its intermediate values; where it has none, as with several
+objectives, the count of epochs reported: ``lenet_sweep.trial.PROGRESS_ATTR``). The sweeper looks
+at the running trials every poll and remembers when each one's count of reports last grew; the seconds between two
 reports are its epochs' durations. A trial silent for longer than ``factor`` times the median epoch
 (of every trial this sweeper watched) and at least ``floor`` seconds is stalled: a worker stopped
 (SIGSTOP, a swapping host, a hung file system), or an epoch far slower than the others. One line when
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from optuna.trial import FrozenTrial
+
+from lenet_sweep.trial import PROGRESS_ATTR
 
 
 @dataclass
@@ -47,7 +50,7 @@ class StallWatch:
             if self.waiting is not None and self.waiting(trial):
                 continue  # its silence begins when it does
             live.add(trial.number)
-            reports = len(trial.intermediate_values)
+            reports = len(trial.intermediate_values) or trial.system_attrs.get(PROGRESS_ATTR, 0)
             seen = self.seen.setdefault(trial.number, _Seen(reports, now))
             if reports != seen.reports:
                 if seen.reports:  # the first report's wait holds the trial's start-up too
