@@ -10,7 +10,9 @@ Seen on this project's machines:
   register`` (GPU wheels);
 - Intel Xeons with AVX512-VNNI/BF16/AMX (oneDNN on by default there; ``TF_ENABLE_ONEDNN_OPTS=1``
   shows it anywhere): ``port.cc:… oneDNN custom operations are on. You may see slightly different
-  numerical results …``;
+  numerical results …``; and, at the first int32 op where oneDNN lacks an int32 kernel,
+  ``util.cc:… oneDNN supports DT_INT32 only on platforms with AVX-512. Falling back to … Eigen`` (an
+  ``E`` line that is only a notice);
 - without ``TF_CPP_MIN_LOG_LEVEL``: ``cpu_feature_guard.cc:… This TensorFlow binary is optimized …``
   and its second line ``To enable the following instructions: …``.
 
@@ -38,6 +40,7 @@ STARTUP_NOISE = re.compile(
     rb"|^To enable the following instructions:"  # cpu_feature_guard's second line
     rb"|cudart_stub\.cc.*Could not find cuda drivers"
     rb"|cuda_platform\.cc.*failed call to cuInit"
+    rb"|oneDNN supports DT_INT32 only on platforms with AVX-512"  # an E line, but only a fallback notice
     rb"|cuda_dnn\.cc.*Unable to register|cuda_blas\.cc.*Unable to register|cuda_fft\.cc.*Unable to register")
 
 _filtering = False  # fd 2 is the process's: one filter at a time, nested blocks pass through
@@ -86,3 +89,13 @@ def import_tensorflow() -> None:
     with startup_lines_filtered():
         import keras  # noqa: F401  (imported for its side effect: loaded, quietly)
         import tensorflow  # noqa: F401
+
+
+def filter_for_this_process() -> None:
+    """Drop those lines for the rest of this process (a sweep worker: TensorFlow writes some at its
+    first use of an op, not only at import), fd 2 restored and drained at its exit."""
+    import atexit
+
+    block = startup_lines_filtered()
+    block.__enter__()
+    atexit.register(block.__exit__, None, None, None)

@@ -16,8 +16,12 @@ pytestmark = pytest.mark.sweep  # every test here runs a sweep (make test-fast s
 
 def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
     proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=4", "hydra.sweeper.n_jobs=4",
-                              "trainer.epochs=2", n_trials=6), tmp_path)
+                              "trainer.epochs=2", n_trials=6), tmp_path, probe_tensorflow=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the winner was registered by the packed worker, not in the sweeper; no TensorFlow line on stderr
+    assert "[registry] lenet_sweep version 1" in proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().endswith("[probe] tensorflow imported: False"), proc.stdout[-500:]
+    assert not [line for line in proc.stderr.splitlines() if ".cc:" in line], proc.stderr[-2000:]
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6  # n_trials exactly
     [parent], children = parents_and_children(client)

@@ -77,8 +77,8 @@ class PoolLauncher(Launcher):
         return returns
 
     def call(self, fn, *args):
-        """``fn(*args)`` in one of the pool's workers; None when it has none (a packed pool's workers
-        are busy with their packs)."""
+        """``fn(*args)`` in one of the pool's workers, TensorFlow loaded there; None when it has none
+        free (lenet_sweep.sweep.pool, lenet_sweep.sweep.pack_pool)."""
         call = getattr(self.pool, "call", None)
         return None if call is None else call(fn, *args)
 

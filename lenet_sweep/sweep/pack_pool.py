@@ -65,6 +65,7 @@ class PackPool:
         self.cpus = cpus or os.cpu_count() or 1
         self._mp = multiprocessing.get_context("spawn")
         self.workers: list[dict | None] = [None] * n_workers
+        self.retired: list[dict] = []  # workers whose pack ended for a call (:meth:`call`)
         self.futures: dict[int, tuple[int, Future, list[str]]] = {}  # idx -> (worker, future, overrides)
         self.outbox = self._mp.Queue()
         self._lock = threading.Lock()
@@ -129,13 +130,31 @@ class PackPool:
         worker["inbox"].put((idx, list(overrides)))
         return future
 
+    def call(self, fn, *args):
+        """``fn(*args)`` in a worker that holds no trial (TensorFlow already imported there), waiting
+        for its result: its pack's loop is ended first, so the worker takes no trial after this (the
+        sweeper registers its winner this way, once its trials are done). None when every worker
+        holds trials or none is up."""
+        with self._lock:
+            w = next((w for w, worker in enumerate(self.workers) if worker is not None and not self._held(w)),
+                     None)
+            worker = None if w is None else self.workers[w]
+        if worker is None:
+            return None
+        worker["inbox"].put(None)  # the pack's loop returns; the process stays for this call
+        if worker["loop"].exception() is not None:
+            return None
+        self.retired.append(worker)
+        return worker["executor"].submit(fn, *args).result()
+
     def shutdown(self, kill: bool = False) -> None:
-        for worker in filter(None, self.workers):
+        workers = [*filter(None, self.workers), *self.retired]
+        for worker in workers:
             if kill:
                 for process in list((worker["executor"]._processes or {}).values()):
                     process.terminate()  # SIGTERM: every slot's run is closed KILLED
             else:
                 worker["inbox"].put(None)
-        for worker in filter(None, self.workers):
+        for worker in workers:
             worker["executor"].shutdown(wait=True, cancel_futures=True)
-        self.workers = [None] * self.n_workers
+        self.workers, self.retired = [None] * self.n_workers, []

@@ -59,6 +59,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _init_worker(place: devices.Placement, parent_pid: int) -> None:
+    from lenet_sweep.quiet import filter_for_this_process
+
+    filter_for_this_process()  # TensorFlow's start-up and first-use notes, whenever they come
     devices.assign(place)
     if os.getppid() != parent_pid:  # the sweeper died while this process started
         os._exit(1)

@@ -614,8 +614,8 @@ class SweepRunner:
 
     def _model_logger(self):
         """The winner's model logged by a sweep worker, which has TensorFlow loaded: this process never
-        imports it (seconds, at the end of every sweep). Without a worker to ask (another launcher, a
-        packed pool), in this process."""
+        imports it (seconds, at the end of every sweep); a packed pool's worker ends its pack for it.
+        Without a worker to ask (another launcher), in this process."""
         from lenet_sweep import registry
 
         call, uri = getattr(self.pool_launcher, "call", None), self.client.tracking_uri
