@@ -47,8 +47,14 @@ class OutputActivation(Enum):
     softmax = "softmax"
 
 
+#: the default builders (``model._target_``, ``data._target_``; :mod:`lenet_sweep.builders`)
+LENET = "lenet_sweep.model.build_lenet"
+FASHION_MNIST = "lenet_sweep.data.fashion_mnist"
+
+
 @dataclass
 class LeNetConfig:
+    _target_: str = LENET  # builder(model_cfg, input_shape) -> keras.Model (lenet_sweep.builders)
     name: str = "lenet"
     activation: Activation = Activation.sigmoid
     output_activation: OutputActivation = OutputActivation.sigmoid
@@ -56,6 +62,19 @@ class LeNetConfig:
     kernel_size: int = 5
     pool_size: int = 2
     dense_units: List[int] = field(default_factory=lambda: [120, 84])
+    num_classes: int = 10
+
+
+@dataclass
+class MLPConfig:
+    """A multilayer perceptron (``model=mlp``): Flatten, a Dense layer per ``hidden_units`` entry, the
+    output layer."""
+
+    _target_: str = "lenet_sweep.model.build_mlp"
+    name: str = "mlp"
+    activation: Activation = Activation.relu
+    output_activation: OutputActivation = OutputActivation.softmax
+    hidden_units: List[int] = field(default_factory=lambda: [256, 128])
     num_classes: int = 10
 
 
@@ -80,6 +99,7 @@ class AdamConfig:
 
 @dataclass
 class DataConfig:
+    _target_: str = FASHION_MNIST  # builder(data_cfg) -> ((x_train, y_train), (x_test, y_test))
     name: str = "fashion_mnist"
     dir: Optional[str] = None  # null: search the usual places (see lenet_sweep.data)
     batch_size: int = 32
@@ -141,6 +161,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="model", name="base_lenet", node=LeNetConfig)
+    cs.store(group="model", name="base_mlp", node=MLPConfig)
     cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
     cs.store(group="optimizer", name="base_adam", node=AdamConfig)
     cs.store(group="data", name="base_fashion_mnist", node=DataConfig)
@@ -160,9 +181,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check(ok: bool, key: str, value: Any, rule: str, example: str) -> None:
     if not ok:
-        error = ConfigError(f"{key}={value} is invalid: {rule} (for example {key}={example})")
-        error.key = key
-        raise error
+        raise _keyed(ConfigError(f"{key}={value} is invalid: {rule} (for example {key}={example})"), key)
 
 
 #: optimizer group option -> its schema (its ``_target_`` default: the Keras class it builds)
@@ -218,10 +237,45 @@ def validate(cfg: DictConfig) -> None:
         n = data[key]
         _check(n is None or n >= 10, f"data.{key}", n, "must be null (all) or >= 10", "2000")
     objectives(cfg.objective)
+    for group in ("model", "data"):
+        _check_target(cfg[group], group)
     m = cfg.model
-    _check(all(f >= 1 for f in m.conv_filters), "model.conv_filters", list(m.conv_filters),
-           "every filter count must be >= 1", "[6,16]")
-    _check(all(u >= 1 for u in m.dense_units), "model.dense_units", list(m.dense_units),
-           "every width must be >= 1", "[120,84]")
-    _check(m.kernel_size >= 1, "model.kernel_size", m.kernel_size, "must be >= 1", "5")
-    _check(m.pool_size >= 1, "model.pool_size", m.pool_size, "must be >= 1", "2")
+    for key, rule, example in (("conv_filters", "every filter count must be >= 1", "[6,16]"),
+                               ("dense_units", "every width must be >= 1", "[120,84]"),
+                               ("hidden_units", "every width must be >= 1", "[256,128]")):
+        if key in m:  # each model config has its own keys
+            _check(all(u >= 1 for u in m[key]), f"model.{key}", list(m[key]), rule, example)
+    for key, example in (("kernel_size", "5"), ("pool_size", "2")):
+        if key in m:
+            _check(m[key] >= 1, f"model.{key}", m[key], "must be >= 1", example)
+    if "num_classes" in m:
+        _check(m.num_classes >= 2, "model.num_classes", m.num_classes, "must be >= 2", "10")
+
+
+def _check_target(node: DictConfig, group: str) -> None:
+    """``model._target_`` / ``data._target_`` names a function as ``module.function`` whose top-level
+    module is importable. Found, not imported: importing may load TensorFlow (lenet_sweep.model does),
+    which a sweeper never does; the function itself is looked up when the run builds
+    (:mod:`lenet_sweep.builders`)."""
+    import importlib.util
+
+    target = node.get("_target_")
+    key = f"{group}._target_"
+    what = "model builder (model_cfg, input_shape) -> keras.Model" if group == "model" else \
+        "data builder (data_cfg) -> ((x_train, y_train), (x_test, y_test))"
+    if not isinstance(target, str) or "." not in target.strip(".") or ".." in target:
+        raise _keyed(ConfigError(f"{key}={target} is invalid: name a {what} as module.function "
+                                 f"(for example {key}={LENET if group == 'model' else FASHION_MNIST})"), key)
+    top = target.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise _keyed(ConfigError(f"{key}={target}: no module {top} on the Python path: put the folder "
+                                 f"holding {top} on PYTHONPATH (or run from it)"), key)
+
+
+def _keyed(error: ConfigError, key: str) -> ConfigError:
+    error.key = key
+    return error

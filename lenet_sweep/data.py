@@ -1,6 +1,8 @@
 """Fashion-MNIST: find the four IDX files, verify them, load them as numpy, split, wrap in tf.data.
 
-No TensorFlow at import time: finding and verifying data must fail fast, before TF loads.
+:func:`fashion_mnist` is the default ``data._target_``; :func:`load` splits whatever the group's
+builder returns (:mod:`lenet_sweep.builders`). No TensorFlow at import time: finding and verifying
+data must fail fast, before TF loads.
 """
 
 from __future__ import annotations
@@ -8,13 +10,14 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from lenet_sweep.config import UserError
+from lenet_sweep.config import FASHION_MNIST, UserError
 
 #: SHA-256 of the *decompressed* IDX bytes. The .gz bytes differ between sources (Debian recompressed
 #: them), the decompressed bytes are the publisher's everywhere.
@@ -47,6 +50,12 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # where they come from (:mod:`lenet_sweep.provenance`): the SHA-256 of each source of the "train"
+    # and "test" parts ({file or array: checksum}), the source's URI (None: the code), a dataset name
+    sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    origin: str | None = None
+    name: str = "fashion-mnist"
+    class_names: Sequence[str] = CLASS_NAMES
 
 
 def find_dir(configured: str | None, candidates: Sequence[Path] = (KERAS_CACHE, DEBIAN_DIR),
@@ -121,7 +130,7 @@ def split(train, test, validation_split: float, train_limit: int | None = None,
                         f"validation images out of {len(x)}")
 
     def images(a: np.ndarray) -> np.ndarray:
-        a = a.reshape(-1, 28, 28, 1).astype(np.float32)
+        a = (a if a.ndim == 4 else a[..., None]).astype(np.float32)  # (N, H, W) -> (N, H, W, 1)
         return a / 255.0 if normalize else a
 
     return Splits(images(x[:cut]), y[:cut].astype(np.int32), images(x[cut:]),
@@ -133,14 +142,58 @@ def _verified(folder: Path, stamp: tuple) -> tuple:
     return load_arrays(folder)
 
 
-def load(data_cfg) -> Splits:
-    """Find, verify, load and split Fashion-MNIST as ``data_cfg`` says. A sweep worker runs many
-    trials: the verified arrays are kept per process while the files stay the same (size, mtime)."""
+def fashion_mnist(data_cfg):
+    """The default ``data._target_``: Fashion-MNIST's four files (``data.dir``, else the usual places),
+    verified. A sweep worker runs many trials: the verified arrays are kept per process while the
+    files stay the same (size, mtime)."""
     folder = find_dir(data_cfg.dir)
     stamp = tuple((s.st_size, s.st_mtime_ns) for s in ((folder / n).stat() for n in SHA256))
-    train, test = _verified(folder, stamp)
-    return split(train, test, data_cfg.validation_split, data_cfg.train_limit,
-                 data_cfg.test_limit, data_cfg.normalize)
+    return _verified(folder, stamp)
+
+
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def load(data_cfg) -> Splits:
+    """The arrays of ``data._target_`` (:mod:`lenet_sweep.builders`), split as ``data_cfg`` says.
+    Fashion-MNIST's sources are its files' checksums (verified as read); another builder's are the
+    checksums of the arrays it returned."""
+    from lenet_sweep import builders
+
+    train, test = builders.load_data(data_cfg)
+    splits = split(train, test, data_cfg.validation_split, data_cfg.train_limit,
+                   data_cfg.test_limit, data_cfg.normalize)
+    target = builders.target(data_cfg, "data")
+    if target == FASHION_MNIST:
+        files = list(SHA256)
+        splits.sources = {"train": {n: SHA256[n] for n in files[:2]}, "test": {n: SHA256[n] for n in files[2:]}}
+        splits.origin = find_dir(data_cfg.dir, download=False).resolve().as_uri()
+        return splits
+    (x, y), (xt, yt) = train, test
+    splits.sources = {"train": {"x_train": _sha256(x), "y_train": _sha256(y)},
+                      "test": {"x_test": _sha256(xt), "y_test": _sha256(yt)}}
+    splits.name = target
+    splits.class_names = tuple(map(str, range(int(max(y.max(), yt.max())) + 1)))  # classes by number
+    return splits
+
+
+def cache_key(data_cfg) -> tuple:
+    """What selects a run's splits: the data settings, and Fashion-MNIST's files as they are now (a
+    changed file is read again). Another builder's arrays are taken as fixed by its settings."""
+    from lenet_sweep import builders
+
+    target = builders.target(data_cfg, "data")
+    settings = (target, data_cfg.validation_split, data_cfg.train_limit, data_cfg.test_limit,
+                bool(data_cfg.normalize))
+    if target == FASHION_MNIST:
+        folder = find_dir(data_cfg.dir)
+        return (*settings, str(folder), tuple((s.st_size, s.st_mtime_ns)
+                                              for s in ((folder / n).stat() for n in SHA256)))
+    from omegaconf import DictConfig, OmegaConf
+
+    values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else vars(data_cfg)
+    return (*settings, json.dumps(values, sort_keys=True, default=str))
 
 
 def to_datasets(splits: Splits, batch_size: int, seed: int):

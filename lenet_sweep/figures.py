@@ -106,16 +106,17 @@ def misclassified_grid(images: np.ndarray, y_true: Sequence[int], y_pred: Sequen
     plt = _pyplot()
     all_wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))
     wrong = all_wrong[:count]
-    cols, size, label = 5, 28, 14  # pixels per image, pixels of label space above each image
+    cols, label = 5, 14  # images per row, pixels of label space above each image
+    height, width = np.shape(images)[1:3]  # (N, H, W) or (N, H, W, C): channels shown as grey
     rows = max(1, -(-len(wrong) // cols))
-    cell_h, cell_w = size + label, size + 4
+    cell_h, cell_w = height + label, width + 4
     mosaic = np.full((rows * cell_h, cols * cell_w), np.nan, np.float32)
     fig, ax = plt.subplots(figsize=(cols * 1.9, rows * 2.1 + 0.4), dpi=100)
     for k, i in enumerate(wrong):
         r, c = divmod(k, cols)
-        image = np.asarray(images[i], np.float32).reshape(size, size)
+        image = np.asarray(images[i], np.float32).reshape(height, width, -1).mean(axis=-1)
         span = float(image.max() - image.min()) or 1.0
-        mosaic[r * cell_h + label:(r + 1) * cell_h, c * cell_w + 2:c * cell_w + 2 + size] = (
+        mosaic[r * cell_h + label:(r + 1) * cell_h, c * cell_w + 2:c * cell_w + 2 + width] = (
             (image - image.min()) / span)
         ax.text(c * cell_w + cell_w / 2, r * cell_h + label - 1.5,
                 f"{class_names[y_true[i]]}\n-> {class_names[y_pred[i]]}", ha="center", va="bottom",

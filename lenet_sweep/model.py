@@ -1,5 +1,7 @@
-"""LeNet-5 as a Keras Sequential model, built from the ``model`` config group. Knows nothing of
-MLflow or Optuna."""
+"""The models this project ships, as Keras Sequential models built from the ``model`` config group:
+LeNet-5 (``model=lenet``, the default) and a multilayer perceptron (``model=mlp``). Each is a
+``model._target_`` builder ``(model_cfg, input_shape) -> keras.Model`` (:mod:`lenet_sweep.builders`).
+Knows nothing of MLflow or Optuna."""
 
 from __future__ import annotations
 
@@ -26,6 +28,14 @@ def build_lenet(model_cfg, input_shape=(28, 28, 1)) -> keras.Sequential:
     stack += [layers.Dense(units, activation=act) for units in model_cfg.dense_units]
     stack.append(layers.Dense(model_cfg.num_classes, activation=_name(model_cfg.output_activation)))
     return keras.Sequential(stack, name="lenet")
+
+
+def build_mlp(model_cfg, input_shape=(28, 28, 1)) -> keras.Sequential:
+    act = _name(model_cfg.activation)
+    stack = [keras.Input(shape=input_shape), layers.Flatten()]
+    stack += [layers.Dense(units, activation=act) for units in model_cfg.hidden_units]
+    stack.append(layers.Dense(model_cfg.num_classes, activation=_name(model_cfg.output_activation)))
+    return keras.Sequential(stack, name="mlp")
 
 
 def shape_table(model: keras.Model) -> list[tuple[str, tuple[int, ...], int]]:

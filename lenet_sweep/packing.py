@@ -11,6 +11,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from lenet_sweep.config import LENET
+
 #: keys the trials of one pack may differ in
 PACKED_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "model.activation",
                "trainer.epochs", "seed")
@@ -32,6 +34,9 @@ def unpackable(cfg: DictConfig, space_keys: Iterable[str] = ()) -> str | None:
     varied = sorted(set(space_keys) - set(PACKED_KEYS) - set(UNTRAINED_KEYS))
     if varied:
         return f"the search space varies {', '.join(varied)}; a pack varies only {', '.join(PACKED_KEYS)}"
+    model = cfg.model.get("_target_")
+    if model != LENET:
+        return f"model._target_={model}: packed trials train the default LeNet ({LENET}) only"
     target = cfg.optimizer.get("_target_")
     if target != "keras.optimizers.SGD":
         return f"optimizer._target_={target}: packed trials train SGD only"

@@ -11,7 +11,10 @@ last) is tagged by :func:`lenet_sweep.train.train`.
 
 Inputs: the run's three splits as MLflow datasets (``mlflow.data``, contexts ``training``,
 ``validation``, ``test``) named ``fashion-mnist-<context>``, with the SHA-256 of each decompressed IDX file
-they come from as input tags ``sha256.<file>`` and a digest over those checksums and the split.
+they come from as input tags ``sha256.<file>`` and a digest over those checksums and the split. Data of
+another ``data._target_`` is named ``<target>-<context>``, its sources the arrays the builder returned
+(``sha256.x_train``, ``sha256.y_train``; ``sha256.x_test``, ``sha256.y_test``). The tag ``input_shape``
+(``28,28,1``) is one image's shape.
 """
 
 from __future__ import annotations
@@ -33,13 +36,7 @@ from lenet_sweep import data
 
 PACKAGES = ("lenet_sweep", "tensorflow", "keras", "mlflow", "optuna", "numpy")
 GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it
-DATASET_NAME = "fashion-mnist"
-#: The files each split comes from (keys of :data:`lenet_sweep.data.SHA256`).
-SPLIT_FILES = {
-    "training": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "validation": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
+INPUT_SHAPE = "input_shape"  # tag: one image's shape as the model takes it, e.g. "28,28,1" (the registry's)
 
 
 # What a process's runs share is looked up once per process (a sweep worker runs many trials): the
@@ -132,47 +129,53 @@ def run_tags(cfg, model, x) -> dict[str, str]:
             "host.cpus": str(schedulable_cpus()), "xla_measured": xla_measured(cfg, model, x)}
 
 
-def digest(data_cfg, context: str) -> str:
-    """16 hex digits over the split, its files' SHA-256 and what the run takes of them (MLflow
+#: the part of the data (:attr:`lenet_sweep.data.Splits.sources`) each split is taken from
+SPLIT_PART = {"training": "train", "validation": "train", "test": "test"}
+
+
+def digest(data_cfg, context: str, sources) -> str:
+    """16 hex digits over the split, its sources' SHA-256 and what the run takes of them (MLflow
     keeps at most 36 characters)."""
-    text = "\n".join([context, *(f"{n} {data.SHA256[n]}" for n in SPLIT_FILES[context]),
+    text = "\n".join([context, *(f"{n} {sha}" for n, sha in sources[SPLIT_PART[context]].items()),
                       *(f"{k}={data_cfg[k]}" for k in ("train_limit", "test_limit",
                                                         "validation_split", "normalize"))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def datasets(data_cfg, splits: data.Splits) -> list[DatasetInput]:
-    """The three splits as MLflow dataset inputs. The files were verified against
-    :data:`lenet_sweep.data.SHA256` when loaded, so those are their checksums."""
-    folder = data.find_dir(data_cfg.dir, download=False)
+    """The three splits as MLflow dataset inputs, with the checksums of their sources (Fashion-MNIST's
+    files, verified against :data:`lenet_sweep.data.SHA256` when loaded; another data builder's
+    arrays)."""
     arrays = {"training": (splits.x_train, splits.y_train),
               "validation": (splits.x_val, splits.y_val), "test": (splits.x_test, splits.y_test)}
-    return [_dataset(folder, context, digest(data_cfg, context), x, y) for context, (x, y) in arrays.items()]
+    return [_dataset(splits, context, digest(data_cfg, context, splits.sources), x, y)
+            for context, (x, y) in arrays.items()]
 
 
 _DATASETS: dict[tuple, DatasetInput] = {}
 
 
-def _dataset(folder, context: str, split_digest: str, x, y) -> DatasetInput:
-    """One split's dataset input, made once per process for each (folder, split, digest): the digest
-    covers the files' checksums and every data setting that selects the split's images."""
-    key = (str(folder), context, split_digest, x.shape, y.shape)
+def _dataset(splits: data.Splits, context: str, split_digest: str, x, y) -> DatasetInput:
+    """One split's dataset input, made once per process for each (source, split, digest): the digest
+    covers the sources' checksums and every data setting that selects the split's images."""
+    key = (splits.origin, splits.name, context, split_digest, x.shape, y.shape)
     if key not in _DATASETS:
         import mlflow.data
 
         with warnings.catch_warnings():  # MLflow registers two equal sources for a local path
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-            ds = mlflow.data.from_numpy(x, targets=y, source=Path(folder).resolve().as_uri(),
-                                        name=f"{DATASET_NAME}-{context}", digest=split_digest)
+            ds = mlflow.data.from_numpy(x, targets=y, source=splits.origin,
+                                        name=f"{splits.name}-{context}", digest=split_digest)
+        sources = splits.sources[SPLIT_PART[context]]
         tags = [InputTag("mlflow.data.context", context),
-                *(InputTag(f"sha256.{n.removesuffix('.gz')}", data.SHA256[n]) for n in SPLIT_FILES[context])]
+                *(InputTag(f"sha256.{n.removesuffix('.gz')}", sha) for n, sha in sources.items())]
         _DATASETS[key] = DatasetInput(ds._to_mlflow_entity(), tags)
     return _DATASETS[key]
 
 
 def log_run(client: MlflowClient, run_id: str, cfg, model, splits: data.Splits) -> None:
     """Record this run's provenance (module docstring); call it before training."""
-    tags = run_tags(cfg, model, splits.x_train)
+    tags = {**run_tags(cfg, model, splits.x_train), INPUT_SHAPE: ",".join(map(str, splits.x_train.shape[1:]))}
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.log_inputs(run_id, datasets=datasets(cfg.data, splits))
 

@@ -1,12 +1,13 @@
 """A finished run's model in MLflow's Keras format, in the model registry, and the ``champion`` alias.
 
 No retraining: the model is rebuilt from the run's own record — the resolved ``config.yaml``
-artifact gives the architecture (:func:`lenet_sweep.model.build_lenet`), ``lenet.weights.h5`` the
-weights — and logged with ``mlflow.keras`` as a LoggedModel of that run (``models:/<model_id>``).
+artifact gives the architecture (its ``model._target_``, :mod:`lenet_sweep.builders`; the run's
+``input_shape`` tag the image shape), ``lenet.weights.h5`` the weights — and logged with
+``mlflow.keras`` as a LoggedModel of that run (``models:/<model_id>``).
 
 The served model has one contract for every version, whatever its run trained on: **a batch of
 raw 0-255 pixels**, float32 of shape (N, 28, 28, 1) (JSON integers are cast), **-> 10 class
-probabilities** (float32, rows sum to 1). A run trained with ``data.normalize=true`` gets a
+probabilities** (float32, rows sum to 1; another data or model builder: its image shape and classes). A run trained with ``data.normalize=true`` gets a
 Normalization layer in front (x / 255, the same division the run's data went through); a sigmoid
 output layer (the notebook's) is followed by ``softmax(log_sigmoid(z))`` = sigmoid(z) / sum (rows sum
 to 1, classes ranked as the run's sigmoid ranks them), so the classes are the run's own. Clients never change when
@@ -82,49 +83,64 @@ class Registration:
 
 # -- the model -----------------------------------------------------------------------------------
 
-def serving_model(cfg: DictConfig, weights: str | Path):
-    """The run's network with its weights, taking raw 0-255 pixels and giving probabilities."""
-    from lenet_sweep.model import build_lenet  # first: TensorFlow's start-up lines filtered
+def serving_model(cfg: DictConfig, weights: str | Path, input_shape: tuple[int, ...] = (28, 28, 1)):
+    """The run's network (built by its ``model._target_``) with its weights, taking raw pixels (as
+    the run's data builder returned them) and giving probabilities."""
+    from lenet_sweep import builders
+    from lenet_sweep.quiet import import_tensorflow
 
+    import_tensorflow()  # first: TensorFlow's start-up lines filtered
     import keras
     from keras import layers
 
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True))
-    sigmoid_out = model_cfg.output_activation == "sigmoid"
+    sigmoid_out = model_cfg.get("output_activation") == "sigmoid"
     if sigmoid_out:  # the same weights; the head below turns z into sigmoid(z) / sum
         model_cfg.output_activation = "linear"
-    net = build_lenet(model_cfg)
+    net = builders.build_model(model_cfg, input_shape)
     net.load_weights(str(weights))
-    stack = [keras.Input(shape=(28, 28, 1), name="pixels")]
+    stack = [keras.Input(shape=input_shape, name="pixels")]
     if cfg.data.normalize:  # (x - 0) / sqrt(255^2): the division data.split applies, to the bit
         stack.append(layers.Normalization(mean=0.0, variance=255.0 ** 2, name="scale_0_255"))
     stack.append(net)
     if sigmoid_out:
         stack += [layers.Activation("log_sigmoid", name="log_sigmoid"),
                   layers.Activation("softmax", name="renormalise")]
-    return keras.Sequential(stack, name="lenet_serving")
+    return keras.Sequential(stack, name=f"{net.name}_serving")
 
 
-def signature():
+def signature(input_shape: tuple[int, ...] = (28, 28, 1), classes: int = 10):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28, 1))]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]))
 
 
-def example_images(data_dir: str | None = None, n: int = 2) -> np.ndarray:
+def example_images(data_cfg=None, n: int = 2, input_shape: tuple[int, ...] = (28, 28, 1)) -> np.ndarray:
     """The first ``n`` Fashion-MNIST test images as raw pixels, float32 (n, 28, 28, 1); zeros when
-    the data is not on this machine."""
-    from lenet_sweep import data
+    the data is not on this machine or the run's data is another builder's."""
+    from lenet_sweep import builders, data
+    from lenet_sweep.config import FASHION_MNIST
 
     try:
-        folder = data.find_dir(data_dir, download=False)
+        if builders.target(data_cfg, "data") != FASHION_MNIST or tuple(input_shape) != (28, 28, 1):
+            raise data.DataError("not Fashion-MNIST")
+        folder = data.find_dir(getattr(data_cfg, "dir", None), download=False)
         name = "t10k-images-idx3-ubyte.gz"
         images = data.read_idx(folder / name, data.SHA256[name])[:n]
     except data.DataError:
-        images = np.zeros((n, 28, 28), np.uint8)
-    return images.reshape(-1, 28, 28, 1).astype(np.float32)
+        images = np.zeros((n, *input_shape), np.uint8)
+    return images.reshape(-1, *input_shape).astype(np.float32)
+
+
+def input_shape(run) -> tuple[int, ...]:
+    """One image's shape as the run's model took it (its ``input_shape`` tag; runs recorded before
+    the tag: Fashion-MNIST's)."""
+    from lenet_sweep.provenance import INPUT_SHAPE
+
+    tag = run.data.tags.get(INPUT_SHAPE)
+    return tuple(int(d) for d in tag.split(",")) if tag else (28, 28, 1)
 
 
 def _requirements() -> list[str]:
@@ -202,9 +218,12 @@ def log_model(client: MlflowClient, run_id: str) -> str:
         weights = download(client, run_id, WEIGHTS, tmp)
         # TensorFlow's start-up lines (a sweeper imports it here) and the progress bar of MLflow's
         # check that the input example predicts stay off the terminal
+        shape = input_shape(run)
         with startup_lines_filtered(), contextlib.redirect_stdout(io.StringIO()):
-            info = Model.log(None, name=MODEL_NAME, flavor=_KerasFlavor, model=serving_model(cfg, weights),
-                             run_id=run_id, signature=signature(), input_example=example_images(cfg.data.dir),
+            model = serving_model(cfg, weights, shape)
+            info = Model.log(None, name=MODEL_NAME, flavor=_KerasFlavor, model=model, run_id=run_id,
+                             signature=signature(shape, int(model.output_shape[-1])),
+                             input_example=example_images(cfg.data, input_shape=shape),
                              pip_requirements=_requirements(), step=step,
                              tags={"lenet_sweep.serving": "raw_pixels"})
     return f"models:/{info.model_id}"

@@ -92,6 +92,7 @@ def rerun_config(cfg: DictConfig, tags: dict[str, str], uri: str,
                  overrides: dict[str, Any]) -> tuple[DictConfig, list[str]]:
     """The config to train again, and what was set beyond the record (printed). Keys today's
     schema has and the record lacks (a run recorded by an older lenet_sweep) take their defaults."""
+    from lenet_sweep.builders import DEFAULTS
     from lenet_sweep.config import OPTIMIZERS, Config
 
     for key in PLUMBING:  # recorded by lenet_sweep before the trial payload (lenet_sweep.trial)
@@ -105,6 +106,9 @@ def rerun_config(cfg: DictConfig, tags: dict[str, str], uri: str,
     opt = merged.optimizer
     if "_target_" not in opt and opt.get("name") in OPTIMIZERS:  # recorded before optimizers had one
         opt["_target_"] = OPTIMIZERS[opt.name]._target_
+    for group, builder in DEFAULTS.items():  # recorded before the groups had one: LeNet, Fashion-MNIST
+        if "_target_" not in merged[group]:
+            merged[group]["_target_"] = builder
     added = sorted(set(_leaves(merged)) - set(_leaves(cfg)))
     notes = [f"not in the record, today's default: {', '.join(added)}"] if added else []
     cfg = merged

@@ -110,12 +110,9 @@ def client(mlflow_cfg):
 
 
 def splits(data_cfg) -> data.Splits:
-    """:func:`lenet_sweep.data.load`, once per process for each data setting while the files stay
-    the same (size, mtime): the trials of a worker share the arrays (read-only)."""
-    folder = data.find_dir(data_cfg.dir)
-    stamp = tuple((s.st_size, s.st_mtime_ns) for s in ((folder / n).stat() for n in data.SHA256))
-    key = (str(folder), stamp, data_cfg.validation_split, data_cfg.train_limit, data_cfg.test_limit,
-           bool(data_cfg.normalize))
+    """:func:`lenet_sweep.data.load`, once per process for each data setting (:func:`lenet_sweep.data.cache_key`:
+    Fashion-MNIST's while its files stay the same): the trials of a worker share the arrays (read-only)."""
+    key = data.cache_key(data_cfg)
     with _LOCK:
         if key not in _SPLITS:
             _SPLITS.clear()  # one setting per worker in practice: keep memory to one copy

@@ -20,9 +20,9 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import checkpoint, data, devices, provenance, registry, runtime, tracking
+from lenet_sweep import builders, checkpoint, data, devices, provenance, registry, runtime, tracking
 from lenet_sweep.config import ConfigError, TrainingDiverged, UserError, validate
-from lenet_sweep.model import build_lenet, format_shape_table
+from lenet_sweep.model import format_shape_table
 from lenet_sweep.quiet import startup_lines_filtered
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
         y_pred = predict_classes(splits.x_test)
         with tempfile.TemporaryDirectory() as tmp:
             per_class = figures.write_run_figures(Path(tmp), history, splits.y_test, y_pred,
-                                                  splits.x_test)
+                                                  splits.x_test, splits.class_names)
             client.log_artifacts(run_id, tmp, "figures")
         metrics = {f"test_accuracy_{figures.slug(k)}": v for k, v in per_class.items()}
         metrics["figures_seconds"] = time.perf_counter() - start
@@ -401,7 +401,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
     with startup_lines_filtered():  # the first device query prints CUDA start-up lines
         device = devices.configure()
     keras.utils.set_random_seed(cfg.seed)
-    model = build_lenet(cfg.model)
+    model = builders.build_model(cfg.model, splits.x_train.shape[1:])  # model._target_
     steps = -(-len(splits.x_train) // cfg.data.batch_size)  # no more than an epoch per call
     model.compile(optimizer=make_optimizer(cfg.optimizer),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
