@@ -17,6 +17,7 @@ before anything trains. No TensorFlow here.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from typing import Any, Callable
 
@@ -66,6 +67,22 @@ def resolve(node: Any, group: str) -> Callable:
         raise _error(group, f"{group}._target_={name}: cannot be loaded: {reason}") from None
 
 
+#: how each group's builder is called
+CALLS = {"model": "builder(model_cfg, input_shape)", "data": "builder(data_cfg)"}
+
+
+def _call(node: Any, group: str, *args: Any) -> Any:
+    """``{group}._target_(*args)``; a function that cannot take them is a ConfigError, not a traceback."""
+    fn, name = resolve(node, group), target(node, group)
+    try:
+        inspect.signature(fn).bind(*args)
+    except TypeError as exc:
+        raise _error(group, f"{group}._target_={name} cannot be called as {CALLS[group]}: {exc}") from None
+    except ValueError:  # no signature to read (a builtin): just call it
+        pass
+    return fn(*args)
+
+
 def _plain(node: Any) -> Any:
     """A config node as plain resolved values (enums as their names), for a user's function."""
     if not isinstance(node, DictConfig):
@@ -78,7 +95,7 @@ def build_model(model_cfg: Any, input_shape: tuple[int, ...]):
     import keras
 
     name = target(model_cfg, "model")
-    model = resolve(model_cfg, "model")(_plain(model_cfg), tuple(int(d) for d in input_shape))
+    model = _call(model_cfg, "model", _plain(model_cfg), tuple(int(d) for d in input_shape))
     if not isinstance(model, keras.Model):
         raise _error("model", f"model._target_={name} returned {type(model).__name__}, not a keras.Model "
                               "(a model builder is (model_cfg, input_shape) -> keras.Model)")
@@ -90,7 +107,7 @@ def build_model(model_cfg: Any, input_shape: tuple[int, ...]):
 def load_data(data_cfg: Any) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``data._target_(data_cfg)``, checked: ``((x_train, y_train), (x_test, y_test))`` numpy arrays."""
     name = target(data_cfg, "data")
-    returned = resolve(data_cfg, "data")(_plain(data_cfg))
+    returned = _call(data_cfg, "data", _plain(data_cfg))
 
     def fail(what: str):
         raise _error("data", f"data._target_={name} returned {what}; {DATA_CONTRACT}")

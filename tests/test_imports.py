@@ -22,6 +22,7 @@ RULES = {
     "lenet_sweep.config": ["mlflow", "optuna", "tensorflow"],
     "lenet_sweep.packing": ["tensorflow", "mlflow", "optuna", "lenet_sweep.sweep"],
     "lenet_sweep.data": ["mlflow", "optuna", "tensorflow", "lenet_sweep.sweep"],
+    "lenet_sweep.builders": ["mlflow", "optuna", "tensorflow", "lenet_sweep.sweep"],
     "lenet_sweep.tracking": ["optuna", "tensorflow", "lenet_sweep.sweep"],
     "lenet_sweep.trial": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"],
     "lenet_sweep.report": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"],
