@@ -121,7 +121,7 @@ def test_help_says_what_the_app_is_its_groups_and_how_to_sweep(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith("lenet_sweep: LeNet-5 on Fashion-MNIST")
-    for line in ("optimizer: adam, base_adam, base_sgd, sgd", "model: base_lenet, lenet", "experiment: seed",
+    for line in ("optimizer: adam, base_adam, base_sgd, sgd", "model: base_lenet, base_mlp, lenet, mlp", "experiment: seed",
                  "python -m lenet_sweep -m hydra/sweeper=optuna", "mlflow ui", "--cfg job"):
         assert line in out, line
     assert "__main__ is powered by Hydra" not in out
