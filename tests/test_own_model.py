@@ -199,3 +199,25 @@ def test_a_data_builder_returning_other_than_arrays_is_refused(user_module, monk
     with pytest.raises(ConfigError, match=r"^data._target_=odd_data.labels_as_floats returned y_train of shape "
                                           r"\(20,\) and dtype float64 for 20 images; a data builder returns"):
         builders.load_data(compose_cfg(["data._target_=odd_data.labels_as_floats"]).data)
+
+
+def test_an_interrupted_mlp_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path):
+    import keras
+
+    from lenet_sweep.train import train
+
+    class Interrupt(keras.callbacks.Callback):  # Ctrl-C at the end of epoch 1, before its checkpoint
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    def cfg(*extra):
+        return compose_cfg([*TINY_MLP, "trainer.epochs=2", "optimizer.momentum=0.9",
+                            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+
+    expected = train(cfg())
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(f"trainer.checkpoint_dir={tmp_path / 'first'}"), callbacks=[Interrupt()])
+    resumed = train(cfg(f"trainer.resume={tmp_path / 'first'}"))
+    for key in ("loss", "val_accuracy", "test_loss", "test_accuracy"):  # same process, same machine:
+        assert resumed[key] == expected[key], key  # exactly
