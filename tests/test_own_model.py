@@ -21,6 +21,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from conftest import all_runs, compose_cfg, parents_and_children, run_cli, sweep_args
 from lenet_sweep import PROJECT_ROOT, builders, data
 from lenet_sweep.config import ConfigError, validate
+from lenet_sweep.packing import unpackable
 
 README = PROJECT_ROOT / "README.md"
 TINY_MLP = ["model=mlp", "data.train_limit=300", "data.test_limit=200", "trainer.epochs=1",
@@ -69,6 +70,12 @@ def test_model_mlp_has_its_own_keys_checked_like_lenets():
         validate(compose_cfg(["model=mlp", "model.hidden_units=[64,0]"]))
     with pytest.raises(ConfigCompositionException):  # LeNet's keys are not the MLP's
         compose_cfg(["model=mlp", "model.conv_filters=[6,16]"])
+
+
+def test_only_the_default_lenet_is_packed():
+    assert unpackable(compose_cfg()) is None
+    assert unpackable(compose_cfg(["model=mlp"])) == ("model._target_=lenet_sweep.model.build_mlp: packed trials "
+                                                      "train the default LeNet (lenet_sweep.model.build_lenet) only")
 
 
 @pytest.fixture(scope="module")
