@@ -7,8 +7,8 @@ artifact gives the architecture (its ``model._target_``, :mod:`lenet_sweep.build
 
 The served model has one contract for every version, whatever its run trained on: **a batch of
 raw 0-255 pixels**, float32 of shape (N, 28, 28, 1) (JSON integers are cast), **-> 10 class
-probabilities** (float32, rows sum to 1; another data or model builder: its image shape and classes). A run trained with ``data.normalize=true`` gets a
-Normalization layer in front (x / 255, the same division the run's data went through); a sigmoid
+probabilities** (float32, rows sum to 1; a run of another data or model builder: its image shape and
+classes, in the signature). A run trained with ``data.normalize=true`` gets a Normalization layer in front (x / 255, the same division the run's data went through); a sigmoid
 output layer (the notebook's) is followed by ``softmax(log_sigmoid(z))`` = sigmoid(z) / sum (rows sum
 to 1, classes ranked as the run's sigmoid ranks them), so the classes are the run's own. Clients never change when
 the ``champion`` alias moves between versions.
