@@ -147,8 +147,12 @@ def fashion_mnist(data_cfg):
     verified. A sweep worker runs many trials: the verified arrays are kept per process while the
     files stay the same (size, mtime)."""
     folder = find_dir(data_cfg.dir)
-    stamp = tuple((s.st_size, s.st_mtime_ns) for s in ((folder / n).stat() for n in SHA256))
-    return _verified(folder, stamp)
+    return _verified(folder, _stamp(folder))
+
+
+def _stamp(folder: Path) -> tuple:
+    """The four files' sizes and mtimes: a changed file is read (and verified) again."""
+    return tuple((s.st_size, s.st_mtime_ns) for s in ((folder / n).stat() for n in SHA256))
 
 
 def _sha256(a: np.ndarray) -> str:
@@ -188,8 +192,7 @@ def cache_key(data_cfg) -> tuple:
                 bool(data_cfg.normalize))
     if target == FASHION_MNIST:
         folder = find_dir(data_cfg.dir)
-        return (*settings, str(folder), tuple((s.st_size, s.st_mtime_ns)
-                                              for s in ((folder / n).stat() for n in SHA256)))
+        return (*settings, str(folder), _stamp(folder))
     from omegaconf import DictConfig, OmegaConf
 
     values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else vars(data_cfg)
