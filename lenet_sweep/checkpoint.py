@@ -40,7 +40,7 @@ from lenet_sweep.redaction import redact
 log = logging.getLogger(__name__)
 
 FILE = "checkpoint.npz"
-VERSION = 1
+VERSION = 2  # 2: the run it continues counts MLflow steps from 1 (epoch k = step k)
 
 #: config keys a resumed run may change: where things go, what is printed, the resume options
 UNCHECKED = ("trainer.resume", "trainer.checkpoint", "trainer.checkpoint_dir", "trainer.keep_checkpoint",
@@ -50,7 +50,7 @@ UNCHECKED_PREFIXES = ("mlflow.",)
 
 @dataclass
 class Checkpoint:
-    epoch: int  # epochs completed
+    epoch: int  # epochs completed (the last one's number: epochs count from 1)
     weights: list[np.ndarray]
     optimizer: list[np.ndarray]
     history: list[dict[str, float]]  # per-epoch metrics, one entry per completed epoch
@@ -135,12 +135,12 @@ def for_retry(source: str, cfg: DictConfig) -> Checkpoint | None:
     of this config; else None, and the trial trains from its first epoch. A re-launched sweep may fix
     other values (more epochs, more data): the old attempt's state then says nothing about this one,
     which is said in one line, not a failure."""
-    ckpt = read(source)
-    if ckpt is None:
-        return None
     try:
+        ckpt = read(source)
+        if ckpt is None:
+            return None
         check(ckpt, cfg, source, named=False)
-    except ConfigError as exc:
+    except ConfigError as exc:  # another config, or a format this version cannot resume
         log.warning("%s; the trial trains from its first epoch", exc)
         return None
     return ckpt

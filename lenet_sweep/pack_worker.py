@@ -87,7 +87,7 @@ class Trial:
     state: SlotState | None  # what its slot takes at the boundary (None once it entered)
     phases: runtime.Phases = field(default_factory=runtime.Phases)
     setup_seconds: float = 0.0
-    epoch: int = 0
+    epoch: int = 0  # epochs trained (the last one's number: epochs count from 1)
     stopped: bool = False
     folder: Path | None = None  # where its checkpoint goes (trainer.checkpoint*; None: none)
     source: str | None = None  # the failed attempt's folder it resumed from
@@ -216,7 +216,7 @@ class PackWorker:
             tags = {"hydra.overrides": tracking.redact(task_overrides), "device": self.device}
             if ckpt is not None:
                 tags.update({"resumed_from": tracking.redact(payload.resume_from),
-                             "resumed_at_epoch": str(ckpt.epoch)})
+                             "resumed_after_epoch": str(ckpt.epoch)})
             opened = (client, run_id)
             tracking.log_params(client, run_id, {}, tags)
             record_start(client, run_id, cfg, model, self.splits, format_shape_table(model))
@@ -255,7 +255,7 @@ class PackWorker:
         trial.state = SlotState(trial.state.params, ckpt.weights, velocities, rng)
         trial.epoch = ckpt.epoch
         trial.logger.replay(ckpt.history)
-        for epoch, logs in enumerate(ckpt.history):
+        for epoch, logs in enumerate(ckpt.history, start=1):
             value = logs.get(trial.payload.monitor)
             if value is not None and math.isfinite(value):
                 trial.reporter.report(epoch, value, ask=False)
@@ -325,14 +325,14 @@ class PackWorker:
             logs = {**train[slot], **{f"val_{k}": v for k, v in val[slot].items()},
                     runtime.PACK_WIDTH: width}
             try:
-                trial.logger.on_epoch_end(trial.epoch, logs)  # raises TrainingDiverged on NaN
+                trial.logger.on_epoch_end(trial.epoch, logs)  # Keras' 0-based index; raises on NaN
+                trial.epoch += 1  # epochs trained: this one's number (from 1)
                 value = logs.get(trial.payload.monitor)
                 if value is not None and math.isfinite(value) and trial.reporter.report(trial.epoch, value):
                     trial.stopped = True
             except Exception as exc:
                 self._fail(slot, exc)
                 continue
-            trial.epoch += 1
             if not trial.stopped:  # a pruned trial's epoch is not a resume point
                 going_on.append(slot)
             if trial.stopped or trial.epoch >= trial.cfg.trainer.epochs:
@@ -417,7 +417,7 @@ class PackWorker:
             model.set_weights(weights)
             test = tester.evaluate(self.tensors.x_test, self.tensors.y_test)
             trial.phases.enter("record")
-            step = len(trial.logger.history) - 1
+            step = len(trial.logger.history)  # the last epoch's
             metrics = record_end(trial.client, trial.run_id, model, self.splits, trial.logger.history, test,
                                  tester.predict_classes, xla=False, stopped=trial.stopped,
                                  output_dir=trial.output_dir)
@@ -450,7 +450,7 @@ class PackWorker:
         if not isinstance(exc, optuna.TrialPruned):  # (a pruned trial's phases were logged with its record)
             if not isinstance(exc, UserError):
                 log.warning("trial job %s failed: %s", trial.idx, tracking.error_line(exc))
-            trial.phases.log(trial.client, trial.run_id, len(trial.logger.history) - 1, quiet=True)
+            trial.phases.log(trial.client, trial.run_id, len(trial.logger.history), quiet=True)
             try:
                 tracking.end_run(trial.client, trial.run_id, exc)
             except Exception:  # the sweeper closes the run if this could not

@@ -2,7 +2,7 @@
 per process (a sweep worker runs many trials): the MLflow client, the data splits and their tensors.
 
 Phases, each logged to the trial's run as the metric ``phase.<name>_seconds`` (at its last epoch's
-step) just before the run ends; they follow one another on the trial's own timeline:
+step; 0 when it trained none) just before the run ends; they follow one another on the trial's own timeline:
 
 - ``wait_slot``: from the sweeper writing the trial's payload (:class:`lenet_sweep.trial.TrialPayload`)
   to the trial's worker taking it up, less its own setup: for a packed trial, waiting in the worker's
@@ -35,7 +35,7 @@ from typing import Any
 from lenet_sweep import data, tracking
 
 PHASES = ("wait_slot", "setup", "train", "wait_record", "evaluate", "record")
-#: metric: the lanes a packed trial's pack computed in an epoch (step = epoch)
+#: metric: the lanes a packed trial's pack computed in an epoch (step = the epoch, from 1)
 PACK_WIDTH = "pack_width"
 
 
@@ -75,11 +75,11 @@ class Phases:
         return {phase_metric(k): v for k, v in self.seconds.items()}
 
     def log(self, client, run_id: str, step: int, quiet: bool = False) -> None:
-        """End the running phase and log them all to the run (``quiet``: a failure is ignored, as
-        for a trial already failing)."""
+        """End the running phase and log them all to the run at ``step`` (the last epoch trained, 0
+        for none; ``quiet``: a failure is ignored, as for a trial already failing)."""
         self.enter(None)
         try:
-            tracking.log_metrics(client, run_id, self.metrics(), step=max(0, step))
+            tracking.log_metrics(client, run_id, self.metrics(), step=step)
         except Exception:
             if not quiet:
                 raise

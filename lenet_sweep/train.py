@@ -40,7 +40,9 @@ def _import_seconds(written_at: float | None) -> float:
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics to MLflow (step = epoch), with epoch time and throughput; stops on NaN.
+    """Per-epoch metrics to MLflow, with epoch time and throughput; stops on NaN. Epochs count from 1
+    (as Keras prints them, "Epoch 1/2"): epoch ``k`` is MLflow step ``k``; Keras' callbacks get the
+    0-based index, converted here.
 
     The MLflow call runs in a background thread, off the training loop's path; ``close`` waits for
     it (``train`` calls it before anything else goes to the run). ``log_seconds`` is the time spent
@@ -64,10 +66,11 @@ class EpochLogger(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics.update(epoch_seconds=seconds, samples_per_second=self.samples / seconds)
         self.history.append(metrics)
-        self._submit(metrics, epoch)
+        number = epoch + 1  # Keras' index -> the epoch's number (step)
+        self._submit(metrics, number)
         if not math.isfinite(metrics.get("loss", 0.0)):
             self.close()
-            raise TrainingDiverged(f"loss is {metrics['loss']} after epoch {epoch}: training diverged"
+            raise TrainingDiverged(f"loss is {metrics['loss']} after epoch {number}: training diverged"
                                    " (lower optimizer.lr)")
 
     def replay(self, history: list[dict[str, float]]) -> None:
@@ -75,7 +78,7 @@ class EpochLogger(keras.callbacks.Callback):
         of them in a retried trial's new run; none, or the last few an interruption lost before they
         were sent, in the run it continues)."""
         self.history = [dict(m) for m in history]
-        for step, metrics in enumerate(self.history):
+        for step, metrics in enumerate(self.history, start=1):
             self._submit(metrics, step)
 
     def tag(self, key: str, value: str) -> None:
@@ -139,7 +142,7 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
             client.log_artifacts(run_id, tmp, "figures")
         metrics = {f"test_accuracy_{figures.slug(k)}": v for k, v in per_class.items()}
         metrics["figures_seconds"] = time.perf_counter() - start
-        tracking.log_metrics(client, run_id, metrics, step=len(history) - 1)
+        tracking.log_metrics(client, run_id, metrics, step=len(history))
     except Exception as exc:  # a picture is not worth a failed run; a full disk fails the next write
         if tracking.write_error(exc):  # anyway: one error line, not a warning first
             raise
@@ -168,7 +171,8 @@ def record_end(client: MlflowClient, run_id: str, model: keras.Model, splits: da
                "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history),
                "num_params": float(model.count_params())}
     tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy", "train_seconds",
-                                                                  "num_params")}, step=len(history) - 1)
+                                                                  "num_params")},
+                         step=len(history))  # at the last epoch's step
     if stopped:
         log.info("training stopped early: figures/ not written")
     else:
@@ -253,8 +257,9 @@ def _hydra_dir() -> tuple[Path | None, str]:
 
 
 class PruningCallback(keras.callbacks.Callback):
-    """Hands each epoch's ``monitor`` value to ``report(epoch, value)`` and stops training at the end
-    of the epoch when it answers True (a sweep's pruner: :class:`lenet_sweep.trial.Reporter`).
+    """Hands each epoch's ``monitor`` value to ``report(epoch, value)`` (``epoch`` counted from 1: the
+    Optuna step) and stops training at the end of the epoch when it answers True (a sweep's pruner:
+    :class:`lenet_sweep.trial.Reporter`).
     Stopping, not raising inside ``fit``: the run still evaluates and records everything."""
 
     def __init__(self, report: Callable[[int, float], bool], monitor: str):
@@ -263,7 +268,7 @@ class PruningCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is not None and self.report(epoch, float(value)):
+        if value is not None and self.report(epoch + 1, float(value)):  # Keras' index -> number
             self.model.stop_training = True
 
     def replay(self, history: list[dict[str, float]]) -> None:
@@ -271,7 +276,7 @@ class PruningCallback(keras.callbacks.Callback):
         the pruner sees the whole curve, without asking the pruner (it judges the first epoch this
         attempt trains, as it would have judged that epoch uninterrupted). ``report`` takes ``ask``
         (:meth:`lenet_sweep.trial.Reporter.report`)."""
-        for epoch, logs in enumerate(history):
+        for epoch, logs in enumerate(history, start=1):
             if logs.get(self.monitor) is not None:
                 self.report(epoch, float(logs[self.monitor]), ask=False)
 
@@ -418,7 +423,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
         _reopen(client, run_id, source)
         tags = {}  # the run keeps what it recorded when it started
     if ckpt is not None:
-        tags.update({"resumed_from": tracking.redact(source), "resumed_at_epoch": str(ckpt.epoch)})
+        tags.update({"resumed_from": tracking.redact(source), "resumed_after_epoch": str(ckpt.epoch)})
     folder = None
     if tc.checkpoint:
         folder = Path(tc.checkpoint_dir).expanduser() if tc.checkpoint_dir else output_dir
@@ -445,7 +450,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
                                                        phases)
         except BaseException as exc:
             logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
-            phases.log(client, run_id, step=len(logger.history) - 1, quiet=True)
+            phases.log(client, run_id, step=len(logger.history), quiet=True)
             if isinstance(exc, UserError) and not tc.keep_checkpoint:  # diverged: so would a resume
                 for where in (folder, source):
                     checkpoint.remove(where)
@@ -455,8 +460,8 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
                              xla=xla, stopped=model.stop_training, output_dir=output_dir)
         if save is not None and save.seconds:
             tracking.log_metrics(client, run_id, {"checkpoint_seconds": save.seconds},
-                                 step=len(logger.history) - 1)
-        phases.log(client, run_id, step=len(logger.history) - 1)
+                                 step=len(logger.history))
+        phases.log(client, run_id, step=len(logger.history))
     if not tc.keep_checkpoint:  # the run ended: no resume point is left behind
         for where in (folder, source):
             checkpoint.remove(where)

@@ -133,8 +133,9 @@ class Reporter:
         self.trial.set_user_attr(PACK_ATTR, f"{slot}/{size}")
 
     def report(self, epoch: int, value: float, ask: bool = True) -> bool:
-        """Record ``value`` for ``epoch``; True when the pruner says stop. ``ask=False``: record only
-        (a retried trial's epochs of its failed attempt; the pruner judges the first epoch it trains).
+        """Record ``value`` for ``epoch`` (counted from 1, as Keras prints it: the Optuna step); True
+        when the pruner says stop. ``ask=False``: record only (a retried trial's epochs of its failed
+        attempt; the pruner judges the first epoch it trains).
         Without intermediate values (``payload.intermediate``): the count of epochs reported only."""
         if not self.payload.intermediate:
             self.epochs.add(epoch)

@@ -26,12 +26,12 @@ def intervals(study):
 
 
 def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client):
-    # the first learns (val_accuracy 0.41 after epoch 0 here; lr 0.5 died on some CPUs), the second cannot
+    # the first learns (val_accuracy 0.41 after epoch 1 here; lr 0.5 died on some CPUs), the second cannot
     enqueue(tmp_path, {**NOTEBOOK, "optimizer.lr": 0.1, "model.activation": "relu"},
             {**NOTEBOOK, "optimizer.lr": 1e-7, "model.activation": "relu"})
     proc = run_cli(sweep_args(
-        tmp_path, "hydra.sweeper.n_jobs=1", "hydra/sweeper/pruner=median",
-        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0",
+        tmp_path, "hydra.sweeper.n_jobs=1", "hydra/sweeper/pruner=median",  # may prune from epoch 1 on
+        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=1",
         "trainer.epochs=3", "data.train_limit=2000", "data.normalize=true",
         "optimizer.lr=tag(log, interval(1e-8, 1.0))", n_trials=2), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -40,12 +40,20 @@ def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client)
     assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 3
     assert bad.state == TrialState.PRUNED and len(bad.intermediate_values) < 3  # stopped early
     stopped = max(bad.intermediate_values)
-    assert "[sweep] trial 1 (2/2) PRUNED" in proc.stdout
     run = next(r for r in all_runs(client) if r.info.run_name == "trial-1")
     assert run.info.status == "FINISHED"
     assert run.data.tags["optuna.trial_state"] == "PRUNED"
+    # one epoch numbering, from 1 as Keras prints it ("Epoch 1/3"): Optuna's steps, MLflow's steps,
+    # the console's line and the run's tag name the same epochs
+    assert f"[sweep] trial 1 (2/2) PRUNED at epoch {stopped} |" in proc.stdout
     assert run.data.tags["optuna.pruned_at_epoch"] == str(stopped)
-    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == stopped + 1
+    for trial in (good, bad):
+        run_id = trial.user_attrs["mlflow_run_id"]
+        epochs = list(range(1, len(trial.intermediate_values) + 1))
+        assert sorted(trial.intermediate_values) == epochs, trial.number
+        for key in ("loss", "val_accuracy", "epoch_seconds"):
+            assert sorted(m.step for m in client.get_metric_history(run_id, key)) == epochs, (trial.number, key)
+        assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [epochs[-1]]
     assert "test_accuracy" in run.data.metrics  # the metrics it reached are recorded
     folders = {r.info.run_name: {a.path for a in client.list_artifacts(r.info.run_id)} for r in all_runs(client)}
     assert "figures" in folders["trial-0"] and "figures" not in folders["trial-1"]  # no pictures when pruned

@@ -28,7 +28,7 @@ def test_cli_run_into_a_postgresql_backed_tracking_server(tmp_path, tracking_ser
     assert run.data.params["optimizer.lr"] == "0.9" and run.data.params["trainer.epochs"] == "1"
     assert "mlflow.tracking_uri" not in run.data.params
     assert {"val_accuracy", "test_accuracy", "loss"} <= set(run.data.metrics)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
     assert f"mlflow_run_id={run.info.run_id}" in proc.stdout
     assert all("s3cret" not in v for v in {**run.data.params, **run.data.tags}.values())
 

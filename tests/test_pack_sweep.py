@@ -33,7 +33,8 @@ def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
         assert child.info.status == "FINISHED" and child.data.tags["optuna.trial_state"] == "COMPLETE"
         assert set(child.data.params) == expected  # the params an unpacked trial records
         assert float(child.data.params["optimizer.lr"]) == study.trials[number].params["optimizer.lr"]
-        assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == 2
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy"))
+        assert steps == sorted(study.trials[number].intermediate_values) == [1, 2]  # epochs from 1, both
         assert child.data.metrics["val_accuracy"] == pytest.approx(study.trials[number].value)
         assert {"test_accuracy", "test_loss", "epoch_seconds"} <= set(child.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
@@ -59,7 +60,7 @@ def test_a_pruned_slot_takes_the_next_trial_while_its_neighbour_trains(tmp_path,
     assert [t.params["optimizer.lr"] for t in study.trials] == [1e-6, 0.1, 1e-6]
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED]
     first, neighbour, next_ = study.trials
-    assert list(first.intermediate_values) == [0]  # pruned after its first epoch
+    assert list(first.intermediate_values) == [1]  # pruned after its first epoch
     # the next trial was asked with the first two (the worker's spare, prepared while they train) and
     # took the first one's slot when it was pruned, while the neighbour trained on
     assert next_.datetime_start < first.datetime_complete and next_.datetime_complete < neighbour.datetime_complete
@@ -130,15 +131,15 @@ def test_a_killed_packed_workers_trials_are_retried_with_their_parameters(tmp_pa
         "0": "FAILED", "1": "FAILED", "2": "FINISHED", "3": "FINISHED"}
     assert children["0"].data.tags["optuna.fail_reason"].startswith("the worker process died")
     # each retry resumed from its failed attempt's last checkpoint (both had trained an epoch or more)
-    # and its run holds the whole series once: 30 epochs, steps 0..29
+    # and its run holds the whole series once: 30 epochs, steps 1..30
     for trial in study.trials[2:]:
         child = children[str(trial.number)]
         attempt = trial.system_attrs["retry_history"][-1]
         assert child.data.tags["resumed_from"] == str(tmp_path / "multirun" / str(attempt))
-        assert int(child.data.tags["resumed_at_epoch"]) >= 1
+        assert int(child.data.tags["resumed_after_epoch"]) >= 1
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
-        assert steps == list(range(30))
-        assert sorted(trial.intermediate_values) == list(range(30))
+        assert steps == list(range(1, 31))
+        assert sorted(trial.intermediate_values) == list(range(1, 31))
 
 
 def test_sigterm_ends_every_slot_of_a_pack_killed(tmp_path, client):

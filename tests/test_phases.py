@@ -187,8 +187,8 @@ def test_a_payload_says_when_it_was_written_and_reporters_share_one_storage(tmp_
     assert (tmp_path / "a" / ".trial.json").stat().st_mtime == pytest.approx(payloads[0].written_at, abs=5)
     first, second = Reporter(payloads[0]), Reporter(payloads[1])
     assert first.trial.study._storage is second.trial.study._storage
-    second.report(0, 0.5)
-    assert study.trials[1].intermediate_values == {0: 0.5}
+    second.report(1, 0.5)
+    assert study.trials[1].intermediate_values == {1: 0.5}
 
 
 def test_a_failed_run_records_the_phases_it_went_through(tmp_path, mlflow_uri, client):

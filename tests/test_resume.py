@@ -40,8 +40,9 @@ EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 class Interrupt(keras.callbacks.Callback):
-    """Ctrl-C at the end of epoch ``at``, after the run's own callbacks logged it but before its
-    checkpoint is written: the resume trains that epoch again (and must not log it twice)."""
+    """Ctrl-C at the end of Keras' epoch index ``at`` (epoch ``at + 1``), after the run's own
+    callbacks logged it but before its checkpoint is written: the resume trains that epoch again
+    (and must not log it twice)."""
 
     def __init__(self, at: int):
         super().__init__()
@@ -103,16 +104,16 @@ def test_an_interrupted_run_resumed_ends_exactly_as_the_uninterrupted_one(refere
     assert killed.info.status == "KILLED"
     saved = checkpoint.read(first)
     assert saved.epoch == 1 and saved.run_id == killed.info.run_id and len(saved.history) == 1
-    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "loss")) == [0, 1]
+    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "loss")) == [1, 2]
 
     resumed = train(cfg(uri, f"trainer.checkpoint_dir={second}", f"trainer.resume={first}", *extra))
 
     assert untimed(resumed) == untimed(expected)  # exactly: the test metrics and the last epoch's
     [run] = all_runs(client)  # the same run, continued
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    assert "error" not in run.data.tags and run.data.tags["resumed_at_epoch"] == "1"
-    assert series(client, run.info.run_id) == expected_series  # steps 0, 1, 2 once each, same values
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")] == [0, 1, 2]
+    assert "error" not in run.data.tags and run.data.tags["resumed_after_epoch"] == "1"
+    assert series(client, run.info.run_id) == expected_series  # steps 1, 2, 3 once each, same values
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")] == [1, 2, 3]
     assert not checkpoint.path_of(first).exists() and not checkpoint.path_of(second).exists()
     assert run.data.metrics["checkpoint_seconds"] > 0
 
@@ -186,11 +187,11 @@ def test_a_retried_trial_continues_its_failed_attempt_in_its_own_run_and_trial(r
     assert untimed(resumed) == untimed(expected)
     assert series(client, retry.run_id) == expected_series
     run = client.get_run(retry.run_id)
-    assert run.data.tags["resumed_at_epoch"] == "1" and run.data.params["optimizer.lr"] == "0.05"
+    assert run.data.tags["resumed_after_epoch"] == "1" and run.data.params["optimizer.lr"] == "0.05"
     values = [v for _, v in expected_series["val_accuracy"]]
     trials = study.get_trials()
-    assert trials[1].intermediate_values == dict(enumerate(values))  # the attempt's epoch 0 re-reported
-    assert trials[0].intermediate_values == {0: values[0], 1: values[1]}
+    assert trials[1].intermediate_values == dict(enumerate(values, start=1))  # the attempt's epoch 1 re-reported
+    assert trials[0].intermediate_values == {1: values[0], 2: values[1]}
     assert not (tmp_path / "0" / checkpoint.FILE).exists() and not (tmp_path / "1" / checkpoint.FILE).exists()
 
 
@@ -229,7 +230,7 @@ def test_a_killed_cli_run_resumed_from_its_folder_ends_as_the_uninterrupted_run(
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = all_runs(client)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    assert run.data.tags["resumed_at_epoch"] == str(saved.epoch)
+    assert run.data.tags["resumed_after_epoch"] == str(saved.epoch)
     assert not any((tmp_path / job / checkpoint.FILE).exists() for job in ("first", "second"))
 
     # the uninterrupted run, in this process (it computes what the CLI computes, bit for bit: measured)
@@ -238,7 +239,7 @@ def test_a_killed_cli_run_resumed_from_its_folder_ends_as_the_uninterrupted_run(
     [reference] = all_runs(other)
     keys = (*EPOCH_KEYS, "test_loss", "test_accuracy")
     assert series(client, run.info.run_id, keys) == series(other, reference.info.run_id, keys)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")] == list(range(4))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")] == [1, 2, 3, 4]
 
 
 # -- packed slots -------------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ def test_a_packed_checkpoint_continues_in_an_unpacked_run(tmp_path, mlflow_uri, 
     for key in EPOCH_KEYS:
         assert metrics[key] == pytest.approx(logs[-1][key], rel=1e-4), key
     [run] = all_runs(client)
-    assert [s for s, _ in series(client, run.info.run_id)["loss"]] == [0, 1, 2]
+    assert [s for s, _ in series(client, run.info.run_id)["loss"]] == [1, 2, 3]
 
 
 def test_an_unpacked_checkpoint_continues_in_a_pack(tmp_path, mlflow_uri):
@@ -428,9 +429,9 @@ def test_a_killed_packed_workers_trials_resume_in_a_new_worker_exactly(tmp_path,
         assert (series(client, payloads[retried].run_id, keys)
                 == series(client, payloads[uninterrupted].run_id, keys))
         run = client.get_run(payloads[retried].run_id)
-        assert run.data.tags["resumed_at_epoch"] == str(attempt.epoch)
+        assert run.data.tags["resumed_after_epoch"] == str(attempt.epoch)
         expected = [v for _, v in series(client, payloads[uninterrupted].run_id)["val_accuracy"]]
-        assert trials[retried].intermediate_values == dict(enumerate(expected))
+        assert trials[retried].intermediate_values == dict(enumerate(expected, start=1))
         assert values[retried] == expected[-1]  # the objective (val_accuracy), exactly
         assert not (tmp_path / "multirun" / str(retried) / checkpoint.FILE).exists()
         assert not (tmp_path / "multirun" / str(retried - 2) / checkpoint.FILE).exists()

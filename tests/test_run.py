@@ -24,7 +24,7 @@ def test_cli_run_lands_in_mlflow(single_run, tmp_path):
     assert "mlflow.tracking_uri" not in p
     assert run.data.tags["hydra.overrides"].split()[:2] == TINY[:2]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0], key
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
     assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0 and run.data.metrics["test_loss"] > 0
     assert run.data.metrics["samples_per_second"] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -42,7 +42,7 @@ def test_diverging_run_fails_fast_and_is_marked_failed(tmp_path, mlflow_uri, cli
     proc = run_cli([*TINY, "trainer.epochs=3", f"mlflow.tracking_uri={mlflow_uri}",  # < 4 chunks: no XLA timing
                     "model.activation=relu", "optimizer.lr=1000"], tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: loss is nan after epoch 0")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: loss is nan after epoch 1")
     [run] = all_runs(client)
     assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 1  # stopped after one epoch

@@ -26,7 +26,7 @@ class Clock:
 def running(number, reports):
     trial = optuna.trial.create_trial(state=TrialState.RUNNING, params={"x": 0.5},
                                       distributions={"x": FloatDistribution(0, 1)},
-                                      intermediate_values={e: 0.5 for e in range(reports)})
+                                      intermediate_values={e: 0.5 for e in range(1, reports + 1)})
     trial.number = number
     return trial
 
@@ -48,7 +48,7 @@ def test_a_trial_silent_for_ten_median_epochs_is_said_once_then_again_when_it_re
     clock.now += 30
     assert watch.check([running(0, 3)]) == []  # said once
     clock.now += 1
-    assert watch.check([running(0, 4)]) == ["trial 0 reports again after 52 s (epoch 3)"]
+    assert watch.check([running(0, 4)]) == ["trial 0 reports again after 52 s (epoch 4)"]
     assert watch.ever == {0}
 
 

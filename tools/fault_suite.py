@@ -1032,13 +1032,13 @@ def s12_packed_worker_kill(suite: Suite, d: Path, c: Checks):
                   f"trial {retry.number} retry_history {retry.system_attrs.get('retry_history')}")
             # resumed: from the killed attempt's last checkpoint, its run one continuous series
             run = next((r for r in runs if r.data.tags.get("optuna.trial_number") == str(retry.number)), None)
-            at = run.data.tags.get("resumed_at_epoch") if run is not None else None
+            at = run.data.tags.get("resumed_after_epoch") if run is not None else None
             c.add(at is not None and int(at) >= 1,
-                  f"trial {retry.number} resumed at epoch {at} (killed attempt reported up to {epochs[number]})"
-                  if at else f"trial {retry.number} did not resume (no resumed_at_epoch tag)")
+                  f"trial {retry.number} resumed after epoch {at} (killed attempt reported up to {epochs[number]})"
+                  if at else f"trial {retry.number} did not resume (no resumed_after_epoch tag)")
             if run is not None:
                 steps = [m.step for m in MlflowClient(tracking).get_metric_history(run.info.run_id, "loss")]
-                c.add(steps == list(range(EPOCHS_12)), f"trial {retry.number}'s run: loss at steps "
+                c.add(steps == list(range(1, EPOCHS_12 + 1)), f"trial {retry.number}'s run: loss at steps "
                       f"{steps[0] if steps else None}..{steps[-1] if steps else None}, {len(steps)} points "
                       f"for {EPOCHS_12} epochs, none twice")
     check_total(c, trials, n)
@@ -1147,7 +1147,7 @@ SCENARIOS = [
              "train: both trials FAIL with fail_reason 'the worker process died (killed or out of memory); queued "
              "again with the same parameters (hydra.sweeper.retry_failed=1)', their child runs FAILED; each "
              "retried once (failed_trial, retry_history) with the same params, resumed from the killed attempt's "
-             "last checkpoint (resumed_at_epoch ≥ 1), its run one series (each step once), COMPLETE; sweep exit "
+             "last checkpoint (resumed_after_epoch ≥ 1), its run one series (each step once), COMPLETE; sweep exit "
              "0 with exactly n_trials; nothing RUNNING", s12_packed_worker_kill, 600),
     Scenario("13-full-disk", True,
              "the MLflow artifact store on a 64 KiB tmpfs the suite mounts (root; not run where mounting fails): "

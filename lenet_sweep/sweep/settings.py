@@ -80,13 +80,16 @@ SAMPLERS = {"tpe": TPESamplerConf, "random": RandomSamplerConf, "cmaes": CmaEsSa
             "qmc": QMCSamplerConf, "gp": GPSamplerConf, "grid": GridSamplerConf}
 
 
-# -- pruners: hydra/sweeper/pruner=<name>; a trial reports one value per epoch ---------------------
+# -- pruners: hydra/sweeper/pruner=<name>; a trial reports one value per epoch, at step = the epoch's
+# number (from 1, as Keras prints it). Optuna prunes at a step >= n_warmup_steps: n_warmup_steps is the
+# first epoch at which a trial may be pruned; a rung of SuccessiveHalving/Hyperband is judged at step
+# min_resource * reduction_factor**k (k = 0, 1, ...).
 @dataclass
 class MedianPrunerConf:
     _target_: str = "optuna.pruners.MedianPruner"
     _partial_: bool = True
     n_startup_trials: int = 5  # trials that finish before any is pruned
-    n_warmup_steps: int = 1  # epochs a trial runs before it can be pruned
+    n_warmup_steps: int = 2  # the first epoch a trial may be pruned at (it trains one unjudged)
     interval_steps: int = 1
     n_min_trials: int = 1
 
@@ -97,7 +100,7 @@ class PercentilePrunerConf:
     _partial_: bool = True
     percentile: float = 25.0
     n_startup_trials: int = 5
-    n_warmup_steps: int = 1
+    n_warmup_steps: int = 2
     interval_steps: int = 1
     n_min_trials: int = 1
 
@@ -106,7 +109,7 @@ class PercentilePrunerConf:
 class HyperbandPrunerConf:
     _target_: str = "optuna.pruners.HyperbandPruner"
     _partial_: bool = True
-    min_resource: int = 1  # epochs before the first rung
+    min_resource: int = 2  # the epoch of the first rung (no trial is pruned before it)
     max_resource: Any = "auto"
     reduction_factor: int = 3
     bootstrap_count: int = 0
@@ -116,7 +119,7 @@ class HyperbandPrunerConf:
 class SuccessiveHalvingPrunerConf:
     _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
     _partial_: bool = True
-    min_resource: Any = 1
+    min_resource: Any = 2  # the epoch of the first rung
     reduction_factor: int = 3
     min_early_stopping_rate: int = 0
     bootstrap_count: int = 0
@@ -128,7 +131,7 @@ class ThresholdPrunerConf:
     _partial_: bool = True
     lower: Optional[float] = None  # prune when the epoch's value is below this
     upper: Optional[float] = None  # prune when the epoch's value is above this
-    n_warmup_steps: int = 0
+    n_warmup_steps: int = 1  # from the first epoch on
     interval_steps: int = 1
 
 

@@ -57,7 +57,7 @@ class StallWatch:
                     self.epochs.append((now - seen.since) / (reports - seen.reports))
                 if seen.stalled:
                     lines.append(f"trial {trial.number} reports again after {now - seen.since:.0f} s "
-                                 f"(epoch {reports - 1})")
+                                 f"(epoch {reports})")  # epochs count from 1
                 self.seen[trial.number] = _Seen(reports, now)
             elif not seen.stalled and now - seen.since > self.limit():
                 seen.stalled = True
