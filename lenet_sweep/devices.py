@@ -1,15 +1,15 @@
 """Device placement of concurrent trials, and per-process device set-up.
 
 ``placement`` is a pure function (visible GPUs, worker slot -> environment); ``visible_gpus`` asks
-``nvidia-smi`` so the sweeper never imports TensorFlow; ``configure`` runs in the training process.
+the NVIDIA driver through NVML (``nvidia-ml-py``, imported when asked) so the sweeper never imports
+TensorFlow; ``configure`` runs in the training process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -36,22 +36,31 @@ def assign(place: Placement | None) -> None:
 
 
 def visible_gpus() -> list[str]:
-    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else every GPU the driver lists."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    return [line.strip() for line in _nvidia_smi("index") if line.strip()]
+    return list(_driver_gpus())
 
 
-def _nvidia_smi(fields: str) -> list[str]:
-    """``nvidia-smi``'s CSV lines for ``fields`` of every GPU; [] without it or when it fails."""
-    if shutil.which("nvidia-smi") is None:
-        return []
+def _driver_gpus() -> dict[str, int]:
+    """Every GPU the NVIDIA driver reports (NVML's index, as ``nvidia-smi`` numbers them) with its
+    total memory in MiB; {} without a driver (no NVML library, or it does not initialise) or when
+    NVML fails."""
+    import pynvml  # nvidia-ml-py: a ctypes binding, loads libnvidia-ml only in nvmlInit
+
     try:
-        return subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
-    except (subprocess.SubprocessError, OSError):
-        return []
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:  # NVMLError_LibraryNotFound on a machine without the driver
+        return {}
+    try:
+        return {str(i): pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total // 2**20
+                for i in range(pynvml.nvmlDeviceGetCount())}
+    except pynvml.NVMLError:
+        return {}
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
 
 
 def default_n_jobs(gpus: list[str], cpus: int) -> int:
@@ -85,10 +94,13 @@ def default_pack(gpus: list[str], gpu_memory_mib: list[int], batch_size: int) ->
 
 
 def gpu_memory_mib() -> list[int]:
-    """Total memory of each visible GPU (``nvidia-smi``), in MiB; [] when it cannot say."""
-    visible = set(visible_gpus())
-    return [int(mem) for index, mem in (line.split(",") for line in _nvidia_smi("index,memory.total")
-                                        if "," in line) if index.strip() in visible]
+    """Total memory of each visible GPU (NVML), in MiB; [] when it cannot say (none visible, no
+    driver, or CUDA_VISIBLE_DEVICES names GPUs by UUID)."""
+    visible = visible_gpus()
+    if not visible:
+        return []
+    memory = _driver_gpus()
+    return [memory[g] for g in visible if g in memory]
 
 
 def placement(slot: int, n_workers: int, gpus: list[str], cpus: int) -> Placement:
