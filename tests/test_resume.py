@@ -35,7 +35,7 @@ from lenet_sweep.trial import Reporter, TrialPayload
 LEARNS = ["model.activation=relu", "model.output_activation=softmax", "data.normalize=true",
           "trainer.epochs=3"]
 SGD = ["optimizer.lr=0.05", "optimizer.momentum=0.9"]  # the default optimizer, unless a test's is given
-TIMING = {"epoch_seconds", "samples_per_second"}
+TIMING = {"epoch_seconds", "samples_per_second", "train_seconds"}  # train_seconds: their sum
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
