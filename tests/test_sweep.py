@@ -292,6 +292,7 @@ def test_a_failure_between_ask_and_launch_leaves_nothing_running(tmp_path, clien
     runner = SweepRunner({"n_trials": 2, "params": {}, "timeout": None, "max_failure_rate": 0.5,
                           "retry_failed": 0})
     runner.client, runner.launcher, runner.n_jobs, runner.n_trials = client, RefusingLauncher(), 1, 2
+    runner.in_flight, runner.pack = 1, 1  # what _start_workers resolves: one trial at a time, unpacked
     runner.storage_url, runner.sweep_dir = storage_url, tmp_path / "multirun"
     runner.config = OmegaConf.create({"objective": "val_accuracy"})
     runner.pruner_config = {"_target_": "optuna.pruners.NopPruner", "_partial_": True}
