@@ -28,7 +28,7 @@ sweep: setup
 
 # pytest-xdist: the tests isolate their stores and ports; tests sharing one sweep are grouped
 # (xdist_group) so one worker runs it once. TEST_WORKERS=0 runs them in this process, one at a time.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: setup

@@ -135,12 +135,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-def sweep_args(tmp_path, *extra, n_trials=3):
-    """A sweep on tiny data whose stores (journal, SQLite, sweep folder) are all in ``tmp_path``."""
+def sweep_args(tmp_path, *extra, n_trials=3, register=False):
+    """A sweep on tiny data whose stores (journal, SQLite, sweep folder) are all in ``tmp_path``.
+    ``register``: the sweep registers its winner, as by default (seconds of a worker's time at its end,
+    so only the tests that look at the registry ask for it)."""
     return ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", *TINY,
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             f"hydra.sweeper.storage={tmp_path}/optuna.journal", f"hydra.sweep.dir={tmp_path}/multirun",
-            *extra]
+            f"hydra.sweeper.register_winner={str(register).lower()}", *extra]
 
 
 def load(tmp_path, name="lenet_sweep"):
@@ -175,7 +177,7 @@ def calm_sweep(tmp_path_factory):
     (folder / "bin" / "git").write_text(f'#!/bin/sh\necho "$PPID $*" >> {folder}/git_calls\n'
                                         f'exec {shutil.which("git")} "$@"\n')
     (folder / "bin" / "git").chmod(0o755)
-    proc = run_cli(sweep_args(folder, *CALM, "hydra.sweeper.n_jobs=1"), folder, probe_tensorflow=True,
+    proc = run_cli(sweep_args(folder, *CALM, "hydra.sweeper.n_jobs=1", register=True), folder, probe_tensorflow=True,
                    env={"PATH": f"{folder}/bin:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(folder=folder, proc=proc, uri=f"sqlite:///{folder}/mlflow.db",

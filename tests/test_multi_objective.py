@@ -30,7 +30,7 @@ def dominates(a: list[float], b: list[float]) -> bool:
 def two_objective_sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("multi_objective")
     proc = run_cli(sweep_args(folder, *CALM, "objective=[val_accuracy,train_seconds]", "hydra.sweeper.n_jobs=1",
-                              "data.train_limit=300", "data.test_limit=200", n_trials=4), folder)
+                              "data.train_limit=300", "data.test_limit=200", n_trials=4, register=True), folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(folder)
     results = yaml.safe_load((folder / "multirun" / "optimization_results.yaml").read_text())

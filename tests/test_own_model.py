@@ -114,7 +114,7 @@ def mlp_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlp_sweep")
     proc = run_cli(sweep_args(tmp, "model=mlp", "data.normalize=true", "hydra.launcher.pack=2",
                               "hydra.sweeper.n_jobs=1", "optimizer.lr=tag(log, interval(0.01, 0.1))",
-                              "optimizer.momentum=interval(0.0, 0.5)", n_trials=2), tmp)
+                              "optimizer.momentum=interval(0.0, 0.5)", n_trials=2, register=True), tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, proc
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.sweep  # every test here runs a sweep (make test-fast s
 
 def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
     proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.launcher.pack=4", "hydra.sweeper.n_jobs=4",
-                              "trainer.epochs=2", n_trials=6), tmp_path, probe_tensorflow=True)
+                              "trainer.epochs=2", n_trials=6, register=True), tmp_path, probe_tensorflow=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the winner was registered by the packed worker, not in the sweeper; no TensorFlow line on stderr
     assert "[registry] lenet_sweep version 1" in proc.stdout + proc.stderr

@@ -105,7 +105,7 @@ def test_quick_start_one_run(tmp_path):
 @pytest.mark.sweep
 def test_quick_start_sweep(tmp_path):
     _, sweep = one_run_and_sweep()
-    proc = run_cli(tiny(sweep, sweep_args(tmp_path, n_trials=2)), tmp_path)
+    proc = run_cli(tiny(sweep, sweep_args(tmp_path, n_trials=2, register=True)), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^\[sweep\] trial 1 \(2/2\) COMPLETE ", proc.stdout, re.M), proc.stdout[-3000:]
     # what the rest of the quick start relies on

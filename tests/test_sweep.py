@@ -112,7 +112,7 @@ def test_failing_and_diverging_trials_are_fail_and_the_sweep_completes(tmp_path,
 
 @pytest.mark.sweep
 def test_a_sweep_told_not_to_register_leaves_the_registry_empty(tmp_path, client):
-    proc = run_cli(sweep_args(tmp_path, *CALM, "hydra.sweeper.register_winner=false", n_trials=1), tmp_path)
+    proc = run_cli(sweep_args(tmp_path, *CALM, n_trials=1), tmp_path)  # register=False
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[sweep] best trial 0" in proc.stdout and "[registry]" not in proc.stdout
     assert client.search_registered_models() == []
