@@ -168,6 +168,7 @@ def log_traceback(client: MlflowClient, run_id: str, exc: BaseException | str) -
 def sigterm_as_exit() -> Iterator[None]:
     """SIGTERM (kill, a scheduler's cancel) raises SystemExit so the run below is closed KILLED."""
     def handler(signum, frame):
+        _SIGNALLED.append(signum)
         raise SystemExit(128 + signum)
 
     try:
@@ -215,13 +216,20 @@ def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
         end_run(client, run_id)
 
 
+#: signals :func:`sigterm_as_exit` turned into SystemExit in this process: whatever ends a run after one
+#: is the interruption, even when the SystemExit surfaced wrapped (raised inside TensorFlow's tracing it
+#: comes out as a StagingError)
+_SIGNALLED: list[int] = []
+
+
 def end_run(client: MlflowClient, run_id: str, exc: BaseException | None = None) -> None:
     """End ``run_id`` as ``exc`` says: FINISHED (None), KILLED (Ctrl-C, SIGTERM) or FAILED (tagged
     ``error``, traceback in ``error.txt``)."""
     if exc is None:
         client.set_terminated(run_id, "FINISHED")
-    elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        client.set_tag(run_id, "error", f"interrupted ({type(exc).__name__})")
+    elif isinstance(exc, (KeyboardInterrupt, SystemExit)) or _SIGNALLED:
+        name = type(exc).__name__ if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "SIGTERM"
+        client.set_tag(run_id, "error", f"interrupted ({name})")
         client.set_terminated(run_id, "KILLED")
     else:
         client.set_tag(run_id, "error", error_line(exc))
