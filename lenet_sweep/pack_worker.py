@@ -249,7 +249,7 @@ class PackWorker:
         epochs are logged to this trial's run and reported to its Optuna trial (without asking the
         pruner: it judges the first epoch trained here), its checkpoint carried into this trial's
         folder."""
-        velocities = checkpoint.sgd_velocities(ckpt, self.pack.shapes)
+        velocities = checkpoint.sgd_velocities(ckpt, [w.shape for w in trial.state.weights])
         rng = trial.state.rng
         restore_rng(rng, ckpt.epoch, self.pack.n, ckpt.rng)
         trial.state = SlotState(trial.state.params, ckpt.weights, velocities, rng)

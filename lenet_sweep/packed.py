@@ -1,14 +1,13 @@
 """Packed trials: K LeNets of one architecture trained as one fused graph (horizontal fusion).
 
 Trials of one sweep share the architecture and differ in hyperparameters, so K of them train as one
-model whose weights carry a leading slot axis ``[K, ...]``:
+model whose weights carry a leading slot axis ``[K, ...]``: :func:`build_lenet` with ``slots=K``,
+the same builder as the plain model's, from the slot layers of :mod:`lenet_sweep.slot_layers`
+(whatever stack the ``model`` group expresses: filter counts, conv and dense layers). This module
+trains it:
 
-- the first convolution is one depthwise convolution (channel multiplier = its filters) over the K
-  slots' own batches stacked on the channel axis (slot k's images on channel k); the next ones are
-  grouped convolutions written as one ``conv2d`` per slot: TensorFlow has no CPU gradient for a
-  grouped ``conv2d``, XLA's CPU depthwise backward is ~50× slower here, and a depthwise-then-sum
-  form measured 1.7× slower than the per-slot ops (2-core AMD EPYC, K = 8, batch 32);
-- the dense layers are batched matmuls ``einsum('bki,kio->bko')``;
+- each slot's batch comes from its own batch order, gathered once for all slots and stacked on the
+  channel axis (slot k's images on channels k·C …);
 - the loss is the sum of the slots' batch-mean losses, so each slot's gradient is its own;
 - each slot's ``lr``, ``momentum``, ``nesterov`` and hidden activation (sigmoid or ReLU) are tensors
   held in variables, so a slot takes a new trial without retracing the graph;
@@ -48,6 +47,7 @@ from omegaconf import OmegaConf
 
 from lenet_sweep.fast_fit import EVAL_BATCH
 from lenet_sweep.model import _name, build_lenet
+from lenet_sweep.slot_layers import call_slots
 
 #: seeding and building a LeNet are one step: Keras' seed generator is per thread, but numpy's,
 #: Python's and TensorFlow's global seeds are not (a trial's initial state is made in a starter
@@ -92,26 +92,44 @@ def width_for(live: int, size: int) -> int:
 
 class _Lanes:
     """The variables and traced graphs of one width: ``width`` lanes, each a LeNet's weights with
-    its own hyperparameters. Padding lanes (no live trial) have lr and momentum 0: they compute but
-    never change."""
+    its own hyperparameters (:func:`build_lenet` with ``slots=width``). Padding lanes (no live
+    trial) have lr and momentum 0: they compute but never change."""
 
     def __init__(self, pack: "PackedLeNet", width: int):
         self.pack, self.slots = pack, width  # ``slots``: the lanes of this width
-        shapes = pack.shapes
-        self.weights = [tf.Variable(tf.zeros((width, *s)), name=f"w{i}") for i, s in enumerate(shapes)]
-        self.velocity = [tf.Variable(tf.zeros((width, *s)), trainable=False) for s in shapes]
+        with BUILD_LOCK:
+            self.model = build_lenet(pack.model_cfg, tuple(pack.x.shape[1:]), slots=width,
+                                     formulation=pack.formulation)
+        self.weights = list(self.model.trainable_weights)  # [width, *plain shape], build_lenet's order
+        self.relu = [layer.relu for layer in self.model.layers if hasattr(layer, "relu")]  # per layer
+        self.velocity = [tf.Variable(tf.zeros(w.shape), trainable=False) for w in self.weights]
         self.lr = tf.Variable(tf.zeros(width), trainable=False)
         self.momentum = tf.Variable(tf.zeros(width), trainable=False)
         self.nesterov = tf.Variable(tf.zeros(width, tf.bool), trainable=False)
-        self.relu = tf.Variable(tf.zeros(width, tf.bool), trainable=False)
         # per-lane sums over the current epoch: loss·samples, correct predictions; and samples seen
         self.loss_sum = tf.Variable(tf.zeros(width), trainable=False)
         self.correct = tf.Variable(tf.zeros(width), trainable=False)
         self.seen = tf.Variable(0.0, trainable=False)
         x, y = pack.x, pack.y
+        self.activation: dict[int, str] = {}  # live lane -> its hidden activation
+        # traced once per shared activation (None: each lane its own), see :attr:`shared`
         self.train_chunk = tf.function(self._chunk)
-        self.eval_batch = tf.function(self._eval_batch, input_signature=[
-            tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], y.dtype)])
+        self._eval_specs = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], y.dtype)]
+        self._eval_graphs: dict[str | None, tf.types.experimental.GenericFunction] = {}
+
+    @property
+    def shared(self) -> str | None:
+        """The hidden activation every live lane uses, if they agree (padding lanes never change, so
+        what they compute does not matter): the graph then computes that one only."""
+        used = set(self.activation.values())
+        return used.pop() if len(used) == 1 else None
+
+    def eval_batch(self, x, y):
+        shared = self.shared
+        if shared not in self._eval_graphs:
+            self._eval_graphs[shared] = tf.function(lambda x, y: self._eval_batch(x, y, shared),
+                                                    input_signature=self._eval_specs)
+        return self._eval_graphs[shared](x, y)
 
     def write(self, states: dict[int, SlotState]) -> None:
         """Put ``states`` ({lane: state}) into their lanes, every variable written once."""
@@ -125,11 +143,12 @@ class _Lanes:
                 var.assign(value)
         for var, pick in ((self.lr, lambda p: p.lr), (self.momentum, lambda p: p.momentum),
                           (self.nesterov, lambda p: bool(p.nesterov)),
-                          (self.relu, lambda p: _name(p.activation) == "relu")):
+                          *((relu, lambda p: float(_name(p.activation) == "relu")) for relu in self.relu)):
             value = var.numpy()
             for lane, state in states.items():
                 value[lane] = pick(state.params)
             var.assign(value)
+        self.activation.update({lane: _name(state.params.activation) for lane, state in states.items()})
 
     def idle(self, lanes) -> None:
         """Lanes left without a trial: they compute but never change."""
@@ -137,6 +156,8 @@ class _Lanes:
             value = var.numpy()
             value[list(lanes)] = 0.0
             var.assign(value)
+        for lane in lanes:
+            self.activation.pop(lane, None)
 
     def read(self, lanes) -> dict[int, tuple[list[np.ndarray], list[np.ndarray]]]:
         """Each of ``lanes``' weights and velocities; every variable read once."""
@@ -144,44 +165,19 @@ class _Lanes:
         return {lane: ([w[lane] for w in weights], [v[lane] for v in velocity]) for lane in lanes}
 
     # -- the fused graph ----------------------------------------------------------------------
-    def _act(self, z, channels: int | None = None):
-        """Each lane's hidden activation; ``channels``: z is ``[..., K·channels]``, else ``[B, K, O]``."""
-        mask = tf.repeat(self.relu, channels) if channels else self.relu[:, None]
-        return tf.where(mask, tf.nn.relu(z), tf.sigmoid(z))
+    def forward(self, x, shared: str | None = None):
+        """``x`` ``[B, H, W, K·C]`` (lane k's images on channels k·C …) -> logits ``[B, K, classes]``;
+        ``shared``: every lane's hidden activation (None: each its own)."""
+        return call_slots(self.model, x, shared)
 
-    def forward(self, x):
-        """``x`` ``[B, H, W, K]`` (lane k's images on channel k) -> logits ``[B, K, classes]``."""
-        k, w = self.slots, self.weights
-        h = x
-        for i in range(self.pack.n_conv):
-            kernel, bias = w[2 * i], w[2 * i + 1]  # [K, kh, kw, cin, cout], [K, cout]
-            _, kh, kw, cin, cout = kernel.shape
-            if i == 0:  # one input channel per lane: one depthwise convolution, multiplier cout
-                filters = tf.reshape(tf.transpose(kernel, (1, 2, 0, 3, 4)), (kh, kw, k * cin, cout))
-                h = tf.nn.depthwise_conv2d(h, filters, (1, 1, 1, 1), "VALID")
-            else:  # a grouped convolution, one conv2d per lane (see the module docstring)
-                h = tf.concat([tf.nn.conv2d(part, kernel[j], 1, "VALID")
-                               for j, part in enumerate(tf.split(h, k, axis=-1))], axis=-1)
-            h = self._act(tf.nn.bias_add(h, tf.reshape(bias, (-1,))), cout)
-            h = tf.nn.max_pool2d(h, self.pack.pool, self.pack.pool, "VALID")
-        _, hh, ww, kc = h.shape
-        c = kc // k
-        h = tf.reshape(tf.transpose(tf.reshape(h, (-1, hh, ww, k, c)), (0, 3, 1, 2, 4)), (-1, k, hh * ww * c))
-        dense = range(2 * self.pack.n_conv, len(w), 2)
-        for j, i in enumerate(dense):
-            h = tf.einsum("bki,kio->bko", h, w[i]) + w[i + 1]
-            if j < len(dense) - 1:
-                h = self._act(h)
-        return h  # logits
-
-    def losses(self, x, y):
+    def losses(self, x, y, shared: str | None = None):
         """Per-lane batch-mean losses ``[K]`` and output probabilities; ``y`` ``[B, K]``.
 
         Keras' ``sparse_categorical_crossentropy`` on a sigmoid or softmax output layer reads the
         logits the activation leaves on its output (``_keras_logits``) and computes softmax
         cross-entropy from them; so does this (the output activation only gives the probabilities
         that accuracy's argmax reads, which saturated sigmoids can tie)."""
-        logits = self.forward(x)
+        logits = self.forward(x, shared)
         per_sample = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # [B, K]
         probs = tf.nn.softmax(logits) if self.pack.softmax else tf.sigmoid(logits)
         return tf.reduce_mean(per_sample, axis=0), probs
@@ -193,9 +189,9 @@ class _Lanes:
         self.correct.assign_add(tf.reduce_sum(hits, axis=0))
         self.seen.assign_add(b)
 
-    def train_step(self, x, y) -> None:
+    def train_step(self, x, y, shared: str | None = None) -> None:
         with tf.GradientTape() as tape:
-            losses, probs = self.losses(x, y)
+            losses, probs = self.losses(x, y, shared)
             total = tf.reduce_sum(losses)  # lane k's variables get lane k's gradient only
         grads = tape.gradient(total, self.weights)
         shape = (self.slots,)
@@ -207,18 +203,19 @@ class _Lanes:
             var.assign_add(tf.where(tf.reshape(self.nesterov, shape + rank), m * mom - g * lr, m))
         self._accumulate(losses, probs, y)
 
-    def _chunk(self, perms, begin, end):
+    def _chunk(self, perms, begin, end, shared: str | None):
         bs, x, y = self.pack.batch_size, self.pack.x, self.pack.y
         for i in tf.range(begin, end):
             idx = perms[:, i * bs:(i + 1) * bs]  # [K, b]
-            xb = tf.transpose(tf.squeeze(tf.gather(x, idx), -1), (1, 2, 3, 0))  # [b, H, W, K]
-            self.train_step(xb, tf.transpose(tf.gather(y, idx)))
+            xb = tf.transpose(tf.gather(x, idx), (1, 2, 3, 0, 4))  # [b, H, W, K, C]
+            xb = tf.reshape(xb, (-1, *xb.shape[1:3], self.slots * xb.shape[-1]))
+            self.train_step(xb, tf.transpose(tf.gather(y, idx)), shared)
 
-    def _eval_batch(self, x, y):
+    def _eval_batch(self, x, y, shared: str | None):
         """Every lane on the same images: accumulates per-lane sums; returns predicted classes [B, K]."""
         xk = tf.tile(x, (1, 1, 1, self.slots))
         yk = tf.tile(y[:, None], (1, self.slots))
-        losses, probs = self.losses(xk, yk)
+        losses, probs = self.losses(xk, yk, shared)
         self._accumulate(losses, probs, yk)
         return tf.argmax(probs, -1)
 
@@ -236,18 +233,12 @@ class _Lanes:
 class PackedLeNet:
     """K LeNet-5 slots over in-memory training tensors ``x`` ``[N, H, W, 1]``, ``y`` ``[N]``."""
 
-    def __init__(self, model_cfg, slots: int, batch_size: int, x, y):
-        if x.shape[-1] != 1:
-            raise ValueError(f"packed trials need one input channel, not {x.shape[-1]}")
+    def __init__(self, model_cfg, slots: int, batch_size: int, x, y, formulation: str | None = None):
         self.model_cfg, self.slots, self.batch_size = model_cfg, slots, batch_size
+        self.formulation = formulation  # the slot convolutions' (lenet_sweep.slot_layers)
         self.x, self.y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         self.n = int(self.x.shape[0])
         self.steps = -(-self.n // batch_size)
-        with BUILD_LOCK:
-            #: each slot's weight shapes, in build_lenet's order
-            self.shapes = [tuple(w.shape) for w in build_lenet(model_cfg, tuple(x.shape[1:])).weights]
-        self.n_conv = len(model_cfg.conv_filters)
-        self.pool = model_cfg.pool_size
         self.softmax = _name(model_cfg.output_activation) == "softmax"
         self.rngs: list[np.random.Generator | None] = [None] * slots
         self.params: list[SlotParams | None] = [None] * slots
@@ -386,10 +377,12 @@ class PackedLeNet:
         return self._layout().forward(x)
 
     def losses(self, x, y):
-        return self._layout().losses(x, y)
+        lanes = self._layout()
+        return lanes.losses(x, y, lanes.shared)
 
     def train_step(self, x, y) -> None:
-        self._layout().train_step(x, y)
+        lanes = self._layout()
+        lanes.train_step(x, y, lanes.shared)
 
     # -- epochs -------------------------------------------------------------------------------
     def train_epoch(self, steps_per_execution: int = 100) -> list[dict[str, float]]:
@@ -405,7 +398,7 @@ class PackedLeNet:
         perms = tf.constant(perms)
         for begin in range(0, self.steps, steps_per_execution):
             end = min(begin + steps_per_execution, self.steps)
-            lanes.train_chunk(perms, tf.constant(begin), tf.constant(end))
+            lanes.train_chunk(perms, tf.constant(begin), tf.constant(end), lanes.shared)
         return self._by_slot(lanes.results())
 
     def evaluate(self, x, y) -> tuple[list[dict[str, float]], np.ndarray]:
