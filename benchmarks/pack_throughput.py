@@ -103,21 +103,33 @@ def fast_path(images: int, batch: int, epochs: int) -> list[float]:
     return [len(x) / s for s in seconds]
 
 
-def pack(k: int, images: int, batch: int, epochs: int) -> list[float]:
+def pack(arm: str, images: int, batch: int, epochs: int) -> list[float]:
     from lenet_sweep.config import LeNetConfig
     from lenet_sweep.packed import PackedLeNet, SlotParams
     from omegaconf import OmegaConf
 
+    k, activations, formulation, batches = _parse(arm)
     x, y = _data(images)
-    packed = PackedLeNet(OmegaConf.structured(LeNetConfig), k, batch, x, y)
+    packed = PackedLeNet(OmegaConf.structured(LeNetConfig), k, batch, x, y,
+                         formulation=None if formulation == "default" else formulation, batches=batches)
+    acts = ("sigmoid", "relu") if activations == "mixed" else (activations,)
     for slot in range(k):
-        packed.assign(slot, SlotParams(0.1, 0.9, activation=("sigmoid", "relu")[slot % 2]), seed=slot)
+        packed.assign(slot, SlotParams(0.1, 0.9, activation=acts[slot % len(acts)]), seed=slot)
     rates = []
     for _ in range(epochs):
         start = time.perf_counter()
         packed.train_epoch(steps_per_execution=100)
         rates.append(k * len(x) / (time.perf_counter() - start))
     return rates
+
+
+def _arm(k: int, activations: str, formulation: str, batches: str) -> str:
+    return f"pack:{k}:{activations}:{formulation}:{batches}"
+
+
+def _parse(arm: str) -> tuple[int, str, str, str]:
+    _, k, activations, formulation, batches = arm.split(":")
+    return int(k), activations, formulation, batches
 
 
 def run_one(arm: str, args) -> float:
@@ -138,18 +150,26 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2, help=">= 2: the first epoch is not timed")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--activations", nargs="+", default=["mixed", "sigmoid"],
+                   help="the slots' hidden activations: mixed (half sigmoid, half ReLU), sigmoid or relu")
+    p.add_argument("--formulations", nargs="+", default=["default"],
+                   help="slot convolutions: default (lenet_sweep.slot_layers.default_formulation), "
+                        "per_slot, patches")
+    p.add_argument("--batches", nargs="+", default=["independent", "shared"],
+                   help="each slot its own batch order, or one stream for all (PackedLeNet batches=)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         rates = (fast_path(args.images, args.batch, args.epochs) if args.worker == "fast" else
-                 pack(int(args.worker.removeprefix("pack")), args.images, args.batch, args.epochs))
+                 pack(args.worker, args.images, args.batch, args.epochs))
         Path(args.out).write_text(json.dumps(rates))
         return
     from omegaconf import OmegaConf
 
     from lenet_sweep.config import LeNetConfig
-    arms = ["fast", *(f"pack{k}" for k in args.packs)]
+    arms = ["fast", *(_arm(k, a, f, b) for k in args.packs for b in args.batches
+                      for f in args.formulations for a in args.activations if k > 1 or a != "mixed")]
     results: dict[str, list[float]] = {a: [] for a in arms}
     for r in range(args.repeats):
         for arm in (arms if r % 2 == 0 else arms[::-1]):
@@ -161,10 +181,12 @@ def main() -> None:
     print(f"CPU: {model}; fp32 peak {peak:.0f} GFLOP/s ({how}); {flops / 1e6:.2f} MFLOP per training sample")
     print(f"batch {args.batch}, {args.images} images, epoch 2..{args.epochs} timed, median of {args.repeats}\n")
     base = statistics.median(results["fast"])
-    print("| arm | trial-samples/s | x fast path | GFLOP/s | % of peak |\n|---|---|---|---|---|")
+    print("| arm | K | activations | formulation | batches | trial-samples/s | x fast path | GFLOP/s "
+          "| % of peak |\n|---|---|---|---|---|---|---|---|---|")
     for arm in arms:
         rate = statistics.median(results[arm])
-        name = "fast path (1 trial)" if arm == "fast" else f"pack K={arm.removeprefix('pack')}"
+        name = "fast path (1 trial) | 1 | sigmoid | conv2d | own" if arm == "fast" else (
+            "pack | " + " | ".join(map(str, _parse(arm))))
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {rate * flops / 1e9:.1f} | "
               f"{100 * rate * flops / 1e9 / peak:.1f} |")
 

@@ -7,7 +7,10 @@ the same builder as the plain model's, from the slot layers of :mod:`lenet_sweep
 trains it:
 
 - each slot's batch comes from its own batch order, gathered once for all slots and stacked on the
-  channel axis (slot k's images on channels k·C …);
+  channel axis (slot k's images on channels k·C …); with ``batches="shared"`` every slot trains on
+  one batch stream (one order per pack epoch from ``default_rng(stream_seed)``), the first
+  convolution one ``conv2d`` over that one batch, and a trial depends on its stream position (the
+  orders drawn before its first epoch, :attr:`PackedLeNet.stream_position`) instead of its seed;
 - the loss is the sum of the slots' batch-mean losses, so each slot's gradient is its own;
 - each slot's ``lr``, ``momentum``, ``nesterov`` and hidden activation (sigmoid or ReLU) are tensors
   held in variables, so a slot takes a new trial without retracing the graph;
@@ -48,6 +51,9 @@ from omegaconf import OmegaConf
 from lenet_sweep.fast_fit import EVAL_BATCH
 from lenet_sweep.model import _name, build_lenet
 from lenet_sweep.slot_layers import call_slots
+
+#: ``PackedLeNet(batches=)``: each slot its own batch order, or one stream for all
+BATCHES = ("independent", "shared")
 
 #: seeding and building a LeNet are one step: Keras' seed generator is per thread, but numpy's,
 #: Python's and TensorFlow's global seeds are not (a trial's initial state is made in a starter
@@ -206,6 +212,10 @@ class _Lanes:
     def _chunk(self, perms, begin, end, shared: str | None):
         bs, x, y = self.pack.batch_size, self.pack.x, self.pack.y
         for i in tf.range(begin, end):
+            if perms.shape.rank == 1:  # one batch for every lane: the slot convolution takes it once
+                idx = perms[i * bs:(i + 1) * bs]
+                self.train_step(tf.gather(x, idx), tf.tile(tf.gather(y, idx)[:, None], (1, self.slots)), shared)
+                continue
             idx = perms[:, i * bs:(i + 1) * bs]  # [K, b]
             xb = tf.transpose(tf.gather(x, idx), (1, 2, 3, 0, 4))  # [b, H, W, K, C]
             xb = tf.reshape(xb, (-1, *xb.shape[1:3], self.slots * xb.shape[-1]))
@@ -213,9 +223,8 @@ class _Lanes:
 
     def _eval_batch(self, x, y, shared: str | None):
         """Every lane on the same images: accumulates per-lane sums; returns predicted classes [B, K]."""
-        xk = tf.tile(x, (1, 1, 1, self.slots))
         yk = tf.tile(y[:, None], (1, self.slots))
-        losses, probs = self.losses(xk, yk, shared)
+        losses, probs = self.losses(x, yk, shared)  # x once: the slot convolution shares it
         self._accumulate(losses, probs, yk)
         return tf.argmax(probs, -1)
 
@@ -233,9 +242,16 @@ class _Lanes:
 class PackedLeNet:
     """K LeNet-5 slots over in-memory training tensors ``x`` ``[N, H, W, 1]``, ``y`` ``[N]``."""
 
-    def __init__(self, model_cfg, slots: int, batch_size: int, x, y, formulation: str | None = None):
+    def __init__(self, model_cfg, slots: int, batch_size: int, x, y, formulation: str | None = None,
+                 batches: str = "independent", stream_seed: int = 0):
+        if batches not in BATCHES:
+            raise ValueError(f"batches={batches}: one of {', '.join(BATCHES)}")
         self.model_cfg, self.slots, self.batch_size = model_cfg, slots, batch_size
         self.formulation = formulation  # the slot convolutions' (lenet_sweep.slot_layers)
+        self.batches = batches
+        #: ``batches="shared"``: the one batch order every slot trains on, and the orders drawn so far
+        self.stream, self.stream_epochs = np.random.default_rng(stream_seed), 0
+        self.stream_position: dict[int, int] = {}  # slot -> stream orders drawn before its first epoch
         self.x, self.y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         self.n = int(self.x.shape[0])
         self.steps = -(-self.n // batch_size)
@@ -266,6 +282,7 @@ class PackedLeNet:
     def put(self, slot: int, state: SlotState) -> None:
         """``slot`` takes ``state``'s trial (from the next epoch on)."""
         self.entering[slot] = state
+        self.stream_position[slot] = self.stream_epochs
         self.rngs[slot], self.params[slot] = state.rng, state.params
 
     def assign(self, slot: int, params: SlotParams, seed: int) -> keras.Sequential:
@@ -393,8 +410,13 @@ class PackedLeNet:
             return [{} for _ in range(self.slots)]
         slot_of = {lane: s for s, lane in self.lane.items()}
         lanes.reset()
-        perms = np.stack([self.rngs[slot_of[lane]].permutation(self.n).astype(np.int32) if lane in slot_of
-                          else np.arange(self.n, dtype=np.int32) for lane in range(lanes.slots)])
+        if self.batches == "shared":
+            perms = self.stream.permutation(self.n).astype(np.int32)
+            self.stream_epochs += 1
+        else:
+            perms = np.stack([self.rngs[slot_of[lane]].permutation(self.n).astype(np.int32)
+                              if lane in slot_of else np.arange(self.n, dtype=np.int32)
+                              for lane in range(lanes.slots)])
         perms = tf.constant(perms)
         for begin in range(0, self.steps, steps_per_execution):
             end = min(begin + steps_per_execution, self.steps)

@@ -75,7 +75,9 @@ class SlotLayer(layers.Layer):
 
 
 class SlotConv2D(SlotLayer):
-    """K ``Conv2D(filters, kernel_size, padding="valid")`` layers, one per slot."""
+    """K ``Conv2D(filters, kernel_size, padding="valid")`` layers, one per slot. Called on
+    ``[B, H, W, C]`` (one image stream for every slot: shared batches, evaluation) instead of
+    ``[B, H, W, K·C]``, it computes all slots as one ``conv2d`` with K·filters outputs."""
 
     def __init__(self, slots: int, filters: int, kernel_size: int, activation=None,
                  formulation: str | None = None, **kwargs):
@@ -98,10 +100,11 @@ class SlotConv2D(SlotLayer):
     def call(self, x, shared_activation: str | None = None):
         k, kernel = self.slots, self.kernel
         _, kh, kw, cin, cout = kernel.shape
-        if self.formulation == "depthwise":
+        one_stream = k > 1 and x.shape[-1] == cin  # every slot's input is the same images
+        if self.formulation == "depthwise" and not one_stream:
             filters = tf.reshape(tf.transpose(kernel, (1, 2, 0, 3, 4)), (kh, kw, k * cin, cout))
             h = tf.nn.depthwise_conv2d(x, filters, (1, 1, 1, 1), "VALID")
-        elif self.formulation == "grouped":
+        elif self.formulation == "grouped" or one_stream:  # one conv2d, K·filters outputs slot-major
             filters = tf.reshape(tf.transpose(kernel, (1, 2, 3, 0, 4)), (kh, kw, cin, k * cout))
             h = tf.nn.conv2d(x, filters, 1, "VALID")
         elif self.formulation == "patches":

@@ -180,3 +180,31 @@ def test_the_pack_narrows_to_its_live_trials_and_a_trial_moves_between_widths_in
     assert close(pack.slot_weights(2), weights)
     pack.assign(3, SlotParams(0.1), seed=3)  # a newcomer widens it again
     assert pack.width == 2 and len(pack.train_epoch()[3]) == 2
+
+
+def test_with_shared_batches_a_trial_equals_a_standalone_run_from_its_stream_position(small):
+    """batches="shared": every slot trains on one batch stream (default_rng(stream_seed), one order
+    per pack epoch). Slot 1 enters after one epoch (stream position 1) and ends where a standalone
+    run ends whose batch orders are the stream's from that position on (fast_fit with the stream's
+    seed, resumed at epoch 1 before any training: the same draws). Tolerance as above."""
+    x, y, xv, yv = small
+    cfg = compose_cfg(["model.output_activation=softmax"])
+    pack = PackedLeNet(cfg.model, 2, 32, x, y, batches="shared", stream_seed=11)
+    pack.assign(0, SlotParams(0.9), seed=1)
+    pack.train_epoch(steps_per_execution=5)
+    pack.assign(1, WELL, seed=5)
+    assert pack.stream_position == {0: 0, 1: 1}
+    logs = []
+    for _ in range(2):
+        train = pack.train_epoch(steps_per_execution=7)
+        val, _ = pack.evaluate(xv, yv)
+        logs.append({**train[1], **{f"val_{k}": v for k, v in val[1].items()}})
+    model = lenet(cfg.model, WELL, 5)
+    history, _ = fast_fit.fit(model, x, y, batch_size=32, epochs=3, seed=11, validation_data=(xv, yv), verbose=0,
+                              steps_per_execution=5, jit_compile=False, resume=fast_fit.LoopState(epoch=1))
+    for key, values in history.history.items():
+        assert [log[key] for log in logs] == pytest.approx(values, rel=1e-4, abs=1e-5), key
+    assert close(pack.slot_weights(1), model.get_weights())
+    # its own batch order instead (seed 5's) ends elsewhere: the stream is what it trained on
+    _, own = standalone(small, cfg.model, WELL, seed=5, epochs=2)
+    assert not close(pack.slot_weights(1), own, atol=1e-3)
