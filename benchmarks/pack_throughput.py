@@ -1,6 +1,6 @@
 """Fused training throughput: K trials in one packed graph vs one trial's fast path, side by side.
 
-    python benchmarks/pack_throughput.py                       # K = 1 4 8 16, batch 32, 4096 images
+    python benchmarks/pack_throughput.py        # K = 1 4 8 16, batch 32, 4096 images, both batch modes
     python benchmarks/pack_throughput.py --packs 1 16 --images 8192 --repeats 3
 
 Each arm runs in its own process, the arms interleaved over repeats so a busy machine slows all
@@ -8,8 +8,11 @@ alike; per arm the median over repeats of the second epoch (the first pays traci
 
 * ``fast path``: one trial, ``lenet_sweep.fast_fit.fit`` (``trainer.fast=true``, XLA off), the
   default LeNet, SGD lr 0.1 momentum 0.9;
-* ``pack K``: :class:`lenet_sweep.packed.PackedLeNet` with K live slots (each its own batch order,
-  half sigmoid, half ReLU), the same model and batch size.
+* ``pack K``: :class:`lenet_sweep.packed.PackedLeNet` with K live slots, the same model and batch
+  size; ``--batches``: each slot its own batch order (``independent``) or one stream for all
+  (``shared``); ``--activations``: ``mixed`` (half sigmoid, half ReLU: the per-slot blend) or all
+  one (the graph traced for one shared activation); ``--formulations``: the slot convolutions'
+  (:mod:`lenet_sweep.slot_layers`).
 
 It prints trial-samples/s (training images per second of wall time, summed over the slots), the
 ratio to the fast path, achieved GFLOP/s and that as a share of the machine's fp32 peak.

@@ -21,9 +21,9 @@ class PoolLauncherConf:
     _target_: str = "hydra_plugins.lenet_sweep_optuna.pool_launcher.PoolLauncher"
     n_workers: Optional[int] = None  # null: the sweeper's n_jobs
     asynchronous: bool = True  # false: the sweeper launches batches and waits for each (a baseline)
-    # trials per worker trained as one fused graph (lenet_sweep.packed); 1: unpacked; null: chosen from
-    # the devices (lenet_sweep.devices.default_pack)
-    pack: Optional[int] = 1
+    # trials per worker trained as one fused graph (lenet_sweep.packed); null (the default): chosen from
+    # the devices (lenet_sweep.devices.default_pack) wherever the search space can be packed; 1: unpacked
+    pack: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=PoolLauncherConf,
@@ -32,7 +32,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=Poo
 
 class PoolLauncher(Launcher):
     def __init__(self, n_workers: Optional[int] = None, asynchronous: bool = True,
-                 pack: Optional[int] = 1) -> None:
+                 pack: Optional[int] = None) -> None:
         self.n_workers, self.asynchronous, self.pack = n_workers, asynchronous, pack
         self.pool = None
 
@@ -44,7 +44,7 @@ class PoolLauncher(Launcher):
         """The pool for ``n_jobs`` trials at once: ``n_jobs`` workers, or with ``pack`` K, n_jobs / K
         workers of K slots (``n_workers`` when set)."""
         if self.pool is None:
-            if self.pack > 1:
+            if (self.pack or 1) > 1:
                 from lenet_sweep.sweep.pack_pool import PackPool
 
                 self.pool = PackPool(self.n_workers or -(-n_jobs // self.pack), self.pack)

@@ -173,11 +173,15 @@ class SweepRunner:
             self.pruner_name, self.pruner_config = "none", OmegaConf.to_container(OmegaConf.structured(
                 settings.NopPrunerConf))
         self.pack = getattr(launcher, "pack", 1)
-        if self.pack is None:  # hydra.launcher.pack=null: from the devices
+        if self.pack is None:  # hydra.launcher.pack=null (the default): from the devices
             gpus = devices.visible_gpus()
-            self.pack = launcher.pack = devices.default_pack(gpus, devices.gpu_memory_mib() if gpus else [],
-                                                             config.data.batch_size)
-            log.info(f"hydra.launcher.pack={self.pack} (chosen for {'GPU' if gpus else 'CPU'})")
+            self.pack = devices.default_pack(gpus, devices.gpu_memory_mib() if gpus else [],
+                                             config.data.batch_size)
+            why = f"chosen for {'GPU' if gpus else 'CPU'}"
+            if not launcher.asynchronous:
+                self.pack, why = 1, "hydra.launcher.asynchronous=false: batches of unpacked trials"
+            launcher.pack = self.pack
+            log.info(f"hydra.launcher.pack={self.pack} ({why})")
         if self.pack < 1 or (self.pack > 1 and not launcher.asynchronous):
             raise SweepError(f"hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
                              "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
@@ -226,7 +230,8 @@ class SweepRunner:
                 if self.extend_space else None)
             if why:
                 log.info(f"hydra.launcher.pack={self.pack}: trials not packed ({why}); one trial per worker")
-                self.n_jobs = -(-self.n_jobs // self.pack)
+                if not self.s["n_jobs"]:  # the default n_jobs: one worker per pack there would have been
+                    self.n_jobs = -(-self.n_jobs // self.pack)
                 self.pool_launcher.pack = self.pack = 1
         self.in_flight = self.n_jobs + getattr(self.pool_launcher.start(self.n_jobs), "spares", 0)
 
