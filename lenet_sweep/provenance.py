@@ -222,6 +222,9 @@ def differences(original: Mapping[str, str], rerun: Mapping[str, str]) -> list[s
     if device_kind(original.get("device")) != device_kind(rerun.get("device")) \
             and original.get("device"):
         out.append(f"device {original.get('device')} -> {rerun.get('device')}")
+    if original.get("pack") and not rerun.get("pack"):
+        out.append(f"the original trained packed (slot {original['pack']}: fused kernels, another "
+                   "summation order), the rerun alone")
     if "xla" in original and original.get("xla") != rerun.get("xla"):
         out.append(f"XLA {original.get('xla')} -> {rerun.get('xla')}"
                    + (" (trainer.jit_compile=null timed the variants again and chose otherwise)"

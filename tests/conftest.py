@@ -169,15 +169,15 @@ def calm_sweep(tmp_path_factory):
     winner included), run once per session for the tests that read what a finished sweep left
     (``test_sweep``, ``test_report``, ``test_rerun``; marked ``xdist_group("calm_sweep")`` so one
     pytest-xdist worker runs it once). Read it, never write to it: a test that adds runs or trials
-    works on a copy (:func:`copy_stores`). One worker (``n_jobs=1``, whatever the cores): its three
-    trials share it. ``git`` on its PATH is a wrapper that logs each call (``git_calls``: "PPID ARGS"
+    works on a copy (:func:`copy_stores`). One packed worker (``n_jobs=4``: the default pack of 4
+    on a CPU, whatever the cores): its three trials share it. ``git`` on its PATH is a wrapper that logs each call (``git_calls``: "PPID ARGS"
     lines) before running the real one: ``test_provenance`` counts them."""
     folder = tmp_path_factory.mktemp("calm_sweep")
     (folder / "bin").mkdir()
     (folder / "bin" / "git").write_text(f'#!/bin/sh\necho "$PPID $*" >> {folder}/git_calls\n'
                                         f'exec {shutil.which("git")} "$@"\n')
     (folder / "bin" / "git").chmod(0o755)
-    proc = run_cli(sweep_args(folder, *CALM, "hydra.sweeper.n_jobs=1", register=True), folder, probe_tensorflow=True,
+    proc = run_cli(sweep_args(folder, *CALM, "hydra.sweeper.n_jobs=4", register=True), folder, probe_tensorflow=True,
                    env={"PATH": f"{folder}/bin:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(folder=folder, proc=proc, uri=f"sqlite:///{folder}/mlflow.db",

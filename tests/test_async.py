@@ -1,4 +1,5 @@
-"""Pruning and asynchronous scheduling through the long-lived worker pool (the default launcher)."""
+"""Pruning and asynchronous scheduling through the long-lived worker pool (the default launcher),
+unpacked (``hydra.sweeper.n_jobs=1``, or ``hydra.launcher.pack=1``: one trial per worker)."""
 
 import optuna
 import pytest
@@ -62,7 +63,7 @@ def test_median_pruner_prunes_a_bad_trial_in_optuna_and_mlflow(tmp_path, client)
 def test_a_free_worker_starts_the_next_trial_without_waiting_for_the_slow_one(tmp_path, client):
     base = {**NOTEBOOK, "optimizer.lr": 0.1, "model.activation": "sigmoid"}
     enqueue(tmp_path, {**base, "trainer.epochs": 40}, *[{**base, "trainer.epochs": 1}] * 3)
-    proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none",
+    proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.launcher.pack=1", "hydra/sweeper/pruner=none",
                               "data.train_limit=2000", "trainer.epochs=choice(1,40)", n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="lenet_sweep", storage=open_optuna_storage(f"{tmp_path}/optuna.journal"))

@@ -5,6 +5,7 @@ real MLflow store in tmp."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -84,8 +85,8 @@ def test_a_run_records_what_a_rerun_needs_and_its_rerun_is_identical(single_run,
 
 @pytest.mark.sweep
 @pytest.mark.xdist_group("calm_sweep")
-def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(calm_sweep, tmp_path):
-    proc = calm_sweep.proc  # three trials, the default launcher (conftest)
+def test_the_sweeps_winner_is_registered_and_a_packed_trial_reruns_alone_to_rounding(calm_sweep, tmp_path):
+    proc = calm_sweep.proc  # three trials, the default launcher (conftest): packed
     client = copy_stores(calm_sweep, tmp_path)  # the rerun adds a run: to a copy of the shared stores
     mlflow_uri = client.tracking_uri
     runs = all_runs(client)
@@ -104,6 +105,7 @@ def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(calm_swe
     # a sweep worker logged the winner's model: the sweeper itself never imported TensorFlow
     assert proc.stdout.strip().splitlines()[-1] == "[probe] tensorflow imported: False"
 
+    proc_sweep = proc.stdout + proc.stderr
     # a trial reruns outside the sweep: a new run, not the trial's, with its worker's thread count
     assert best.data.tags["threads.intra_op_setting"] != "0"  # a sweep worker sets its threads
     proc = rerun_cli([best_id, f"mlflow.tracking_uri={mlflow_uri}"], tmp_path)
@@ -111,8 +113,14 @@ def test_the_sweeps_winner_is_registered_and_a_trial_reruns_identically(calm_swe
     new = rerun_of(client, best_id)
     assert "mlflow.parentRunId" not in new.data.tags and "optuna.trial_number" not in new.data.tags
     assert new.data.tags["threads.intra_op"] == best.data.tags["threads.intra_op"]
-    assert model_metrics(new) == model_metrics(best)
-    assert "[rerun] identical" in proc.stdout
+    # the default sweep packs its trials; the rerun trains alone: the same maths in other kernels
+    # (fused ones sum in another order), so the CALM space's sigmoid trials end within float
+    # rounding (test_packed: 1e-4 relative on metrics), while another batch order or lr moves the
+    # metrics by 1e-2 and more
+    assert best.data.tags.get("pack") and re.search(r"hydra.launcher.pack=\d+ \(chosen for (CPU|GPU)\)", proc_sweep)
+    assert model_metrics(new) == pytest.approx(model_metrics(best), rel=1e-4, abs=1e-6)
+    assert ("[rerun] identical" in proc.stdout or f"the original trained packed (slot {best.data.tags['pack']}"
+            in proc.stdout), proc.stdout[-2000:]
     cfg = config_of(client, new.info.run_id, tmp_path)
     assert "trial_number" not in cfg and "run_id" not in cfg["mlflow"] and cfg["mlflow"]["register"] is False
     assert len(client.search_model_versions("name = 'lenet_sweep'")) == 1  # a rerun registers nothing

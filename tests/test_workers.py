@@ -23,7 +23,10 @@ def worker(tmp_path, name, storage, tracking, *extra, n_trials=6, hostname=None)
     """One sweeper process (its own process group). With ``hostname`` it runs in a UTS namespace of
     its own under that host name (``unshare -u``, as root): to every other sweeper it is on another
     host, so only the heartbeat can tell that it died (the same-host process-id check does not apply)."""
+    # one trial at a time, unpacked (a packed worker also keeps a spare trial RUNNING): each sweeper's
+    # running trial is the one its death leaves behind
     args = ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1",
+            "hydra.launcher.pack=1",
             *TINY, f"hydra.sweeper.storage={storage}", f"mlflow.tracking_uri={tracking}",
             f"hydra.sweep.dir={tmp_path}/{name}", "hydra.sweeper.study_name=shared", *extra]
     command = [sys.executable, "-m", "lenet_sweep", *args]

@@ -845,7 +845,7 @@ def s10_bad_inputs(suite: Suite, d: Path, c: Checks) -> list[Row]:
         ("n_trials=0", ["hydra.sweeper.n_trials=0"], ["hydra.sweeper.n_trials=0 is invalid: must be >= 1"]),
         ("n_jobs=0", ["hydra.sweeper.n_jobs=0"], ["hydra.sweeper.n_jobs=0 is invalid"]),
         ("n_jobs=-1", ["hydra.sweeper.n_jobs=-1"], ["hydra.sweeper.n_jobs=-1 is invalid"]),
-        ("n_workers=1 n_jobs=2", ["hydra.launcher.n_workers=1", "hydra.sweeper.n_jobs=2"],
+        ("n_workers=1 n_jobs=2", ["hydra.launcher.n_workers=1", "hydra.sweeper.n_jobs=2", "hydra.launcher.pack=1"],
          ["hydra.launcher.n_workers=1 is fewer than the 2 trials hydra.sweeper.n_jobs runs at once"]),
         ("sweep dir under a file", ["hydra.sweep.dir={case}/a_file/sweep"], ["hydra.sweep.dir"]),
         ("sweep dir /proc/nope", ["hydra.sweep.dir=/proc/nope"], ["hydra.sweep.dir: cannot write in /proc/nope"]),

@@ -177,11 +177,15 @@ class SweepRunner:
             gpus = devices.visible_gpus()
             self.pack = devices.default_pack(gpus, devices.gpu_memory_mib() if gpus else [],
                                              config.data.batch_size)
-            why = f"chosen for {'GPU' if gpus else 'CPU'}"
+            chosen = f"chosen for {'GPU' if gpus else 'CPU'}"
             if not launcher.asynchronous:
-                self.pack, why = 1, "hydra.launcher.asynchronous=false: batches of unpacked trials"
+                self.pack, chosen = 1, "hydra.launcher.asynchronous=false: batches of unpacked trials"
+            elif self.s["n_jobs"] and self.s["n_jobs"] < self.pack:  # n_jobs trials at once, no more
+                self.pack, chosen = self.s["n_jobs"], f"{chosen}, at most hydra.sweeper.n_jobs"
             launcher.pack = self.pack
-            log.info(f"hydra.launcher.pack={self.pack} ({why})")
+            self.pack_note = f"hydra.launcher.pack={self.pack} ({chosen})"
+        else:
+            self.pack_note = None
         if self.pack < 1 or (self.pack > 1 and not launcher.asynchronous):
             raise SweepError(f"hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
                              "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
@@ -229,7 +233,8 @@ class SweepRunner:
                 f"hydra.sweeper.custom_search_space={self.s['custom_search_space']} may suggest any key"
                 if self.extend_space else None)
             if why:
-                log.info(f"hydra.launcher.pack={self.pack}: trials not packed ({why}); one trial per worker")
+                self.pack_note = (f"{self.pack_note or f'hydra.launcher.pack={self.pack}'}: trials not packed "
+                                  f"({why}); one trial per worker")
                 if not self.s["n_jobs"]:  # the default n_jobs: one worker per pack there would have been
                     self.n_jobs = -(-self.n_jobs // self.pack)
                 self.pool_launcher.pack = self.pack = 1
@@ -258,6 +263,8 @@ class SweepRunner:
                                         directions=self.directions, load_if_exists=True)
         except (SearchSpaceError, ValueError, TypeError) as exc:  # a store's own errors are UserErrors
             raise SweepError(str(exc)) from None
+        if self.pack_note:  # said once the sweep's inputs are known good (else one error line alone)
+            log.info(self.pack_note)
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objectives
             study.set_metric_names(self.objectives)
         experiment = self.config.mlflow.experiment_name
@@ -359,7 +366,10 @@ class SweepRunner:
         except BaseException as exc:
             launcher.shutdown(kill=True)
             for trial, run_id in [*running.values(), *([started] if started else [])]:
-                self._abandon(study, trial, run_id, exc)
+                try:
+                    self._abandon(study, trial, run_id, exc)
+                except Exception as again:  # the storage that failed (a full disk): the next
+                    log.debug(f"trial {trial.number}: {again!r}")  # trials' runs are closed all the same
             raise
         finally:
             heartbeat.stop()
