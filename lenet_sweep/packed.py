@@ -121,14 +121,21 @@ class _Lanes:
         # traced once per shared activation (None: each lane its own), see :attr:`shared`
         self.train_chunk = tf.function(self._chunk)
         self._eval_specs = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], y.dtype)]
-        self._eval_graphs: dict[str | None, tf.types.experimental.GenericFunction] = {}
+        self._eval_graphs: dict[str | int | None, tf.types.experimental.GenericFunction] = {}
 
     @property
-    def shared(self) -> str | None:
-        """The hidden activation every live lane uses, if they agree (padding lanes never change, so
-        what they compute does not matter): the graph then computes that one only."""
+    def shared(self) -> str | int | None:
+        """What the graph computes as the hidden activation (padding lanes never change, so what
+        they compute does not matter): the one every live lane uses, if they agree; else n when
+        lanes 0 … n−1 are the sigmoid ones and the others ReLU (:meth:`PackedLeNet._layout` keeps
+        them so: one activation per lane range); else None (a per-lane blend of both)."""
         used = set(self.activation.values())
-        return used.pop() if len(used) == 1 else None
+        if len(used) == 1:
+            return used.pop()
+        sigmoid = {lane for lane, act in self.activation.items() if act == "sigmoid"}
+        if sigmoid == set(range(len(sigmoid))) and used == {"sigmoid", "relu"}:
+            return len(sigmoid)
+        return None
 
     def eval_batch(self, x, y):
         shared = self.shared
@@ -171,12 +178,12 @@ class _Lanes:
         return {lane: ([w[lane] for w in weights], [v[lane] for v in velocity]) for lane in lanes}
 
     # -- the fused graph ----------------------------------------------------------------------
-    def forward(self, x, shared: str | None = None):
+    def forward(self, x, shared: str | int | None = None):
         """``x`` ``[B, H, W, K·C]`` (lane k's images on channels k·C …) -> logits ``[B, K, classes]``;
         ``shared``: every lane's hidden activation (None: each its own)."""
         return call_slots(self.model, x, shared)
 
-    def losses(self, x, y, shared: str | None = None):
+    def losses(self, x, y, shared: str | int | None = None):
         """Per-lane batch-mean losses ``[K]`` and output probabilities; ``y`` ``[B, K]``.
 
         Keras' ``sparse_categorical_crossentropy`` on a sigmoid or softmax output layer reads the
@@ -195,7 +202,7 @@ class _Lanes:
         self.correct.assign_add(tf.reduce_sum(hits, axis=0))
         self.seen.assign_add(b)
 
-    def train_step(self, x, y, shared: str | None = None) -> None:
+    def train_step(self, x, y, shared: str | int | None = None) -> None:
         with tf.GradientTape() as tape:
             losses, probs = self.losses(x, y, shared)
             total = tf.reduce_sum(losses)  # lane k's variables get lane k's gradient only
@@ -209,7 +216,7 @@ class _Lanes:
             var.assign_add(tf.where(tf.reshape(self.nesterov, shape + rank), m * mom - g * lr, m))
         self._accumulate(losses, probs, y)
 
-    def _chunk(self, perms, begin, end, shared: str | None):
+    def _chunk(self, perms, begin, end, shared: str | int | None):
         bs, x, y = self.pack.batch_size, self.pack.x, self.pack.y
         for i in tf.range(begin, end):
             if perms.shape.rank == 1:  # one batch for every lane: the slot convolution takes it once
@@ -221,7 +228,7 @@ class _Lanes:
             xb = tf.reshape(xb, (-1, *xb.shape[1:3], self.slots * xb.shape[-1]))
             self.train_step(xb, tf.transpose(tf.gather(y, idx)), shared)
 
-    def _eval_batch(self, x, y, shared: str | None):
+    def _eval_batch(self, x, y, shared: str | int | None):
         """Every lane on the same images: accumulates per-lane sums; returns predicted classes [B, K]."""
         yk = tf.tile(y[:, None], (1, self.slots))
         losses, probs = self.losses(x, yk, shared)  # x once: the slot convolution shares it
@@ -311,19 +318,25 @@ class PackedLeNet:
         return width_for(len(live), self.slots) if live else 0
 
     def _layout(self) -> _Lanes | None:
-        """The width's lanes for the live slots, the entering ones written in; on a change of width
-        every live slot's state moves to the new width's variables (made the first time)."""
+        """The width's lanes for the live slots, the entering ones written in, sigmoid trials first;
+        on a change of width, or when the order needs a staying slot on another lane, every live
+        slot's state moves (to the new width's variables, made the first time)."""
         live = self.live()
         if not live:
             return self.current
         width = width_for(len(live), self.slots)
-        if self.current is None or self.current.slots != width:
+        # sigmoid trials on the first lanes, ReLU ones after: each layer computes one activation
+        # per lane range (:attr:`_Lanes.shared`), not both for every lane
+        order = sorted(live, key=lambda s: (_name(self.params[s].activation) != "sigmoid", s))
+        wanted = {s: i for i, s in enumerate(order)}
+        if self.current is None or self.current.slots != width or any(
+                self.lane[s] != wanted[s] for s in live if s in self.lane):
             old, old_lane = self.current, self.lane
             staying = old.read([old_lane[s] for s in live if s in old_lane]) if old is not None else {}
             if width not in self.lanes_of:
                 self.lanes_of[width] = _Lanes(self, width)
             new = self.current = self.lanes_of[width]
-            self.lane = {s: i for i, s in enumerate(live)}
+            self.lane = wanted
             states = {}
             for s in live:
                 if s in self.entering:
@@ -333,11 +346,8 @@ class PackedLeNet:
                     states[self.lane[s]] = SlotState(self.params[s], weights, velocities, self.rngs[s])
             new.write(states)
             new.idle(range(len(live), width))
-        elif self.entering:
-            free = [lane for lane in range(width) if lane not in self.lane.values()]
-            for s in sorted(self.entering):
-                if s not in self.lane:
-                    self.lane[s] = free.pop(0)
+        elif self.entering:  # the staying slots are where the order wants them: write the newcomers
+            self.lane = wanted
             self.current.write({self.lane[s]: state for s, state in self.entering.items()})
         self.entering = {}
         return self.current

@@ -21,10 +21,11 @@ Formulations of a slot convolution (``formulation``; :func:`default_formulation`
 
 The hidden activation may differ per slot (``activation=PER_SLOT``: a layer's non-trainable
 ``relu`` weight, 1 where slot k uses ReLU, 0 for sigmoid), so slots take new trials without
-retracing; ``shared_activation`` (a call argument) computes one activation for every slot instead:
-at LeNet's size a step is bound by the number of ops, and computing both activations made a pack of
-one train at 0.6x the speed of one activation (2-core AMD EPYC, batch 32), so a pack whose live
-slots agree runs a graph traced for theirs. Knows nothing of training, MLflow or Optuna.
+retracing; ``shared_activation`` (a call argument) computes one activation for every slot, or
+sigmoid for the first n slots and ReLU for the rest, instead: at LeNet's size a step is bound by the
+number of ops, and computing both activations made a pack of one train at 0.6x the speed of one
+activation (2-core AMD EPYC, batch 32), so the packed trainer orders its lanes by activation and
+runs a graph traced for that split. Knows nothing of training, MLflow or Optuna.
 """
 
 from __future__ import annotations
@@ -59,10 +60,19 @@ class SlotLayer(layers.Layer):
         if self.activation == PER_SLOT:
             self.relu = self.add_weight(shape=(self.slots,), initializer="zeros", trainable=False, name="relu")
 
-    def activate(self, z, channels: int | None = None, shared: str | None = None):
+    def activate(self, z, channels: int | None = None, shared: str | int | None = None):
         """Each slot's activation; ``channels``: z is ``[..., K·channels]``, else ``[B, K, O]``.
-        ``shared``: every slot of a ``PER_SLOT`` layer uses this one (a graph traced for it)."""
-        activation = shared if self.activation == PER_SLOT and shared else self.activation
+        ``shared`` (a ``PER_SLOT`` layer; a graph traced for it): a name, every slot uses that
+        activation; an int n, slots 0 … n−1 use sigmoid and the others ReLU (the packed trainer
+        keeps its sigmoid trials on the first lanes); None: each slot's ``relu`` weight decides."""
+        activation = self.activation
+        if activation == PER_SLOT and isinstance(shared, int) and 0 < shared < self.slots:
+            axis, cut = (-1, shared * channels) if channels else (1, shared)
+            head, tail = tf.split(z, [cut, z.shape[axis] - cut], axis=axis)
+            return tf.concat([tf.sigmoid(head), tf.nn.relu(tail)], axis=axis)
+        if activation == PER_SLOT and isinstance(shared, int):
+            shared = "sigmoid" if shared else "relu"
+        activation = shared if activation == PER_SLOT and shared else activation
         if activation is None:
             return z
         if activation != PER_SLOT:
@@ -97,7 +107,7 @@ class SlotConv2D(SlotLayer):
         self.bias = self.add_weight(shape=(k, self.filters), initializer="zeros", name="bias")
         self._relu_weight()
 
-    def call(self, x, shared_activation: str | None = None):
+    def call(self, x, shared_activation: str | int | None = None):
         k, kernel = self.slots, self.kernel
         _, kh, kw, cin, cout = kernel.shape
         one_stream = k > 1 and x.shape[-1] == cin  # every slot's input is the same images
@@ -147,13 +157,13 @@ class SlotDense(SlotLayer):
         self.bias = self.add_weight(shape=(self.slots, self.units), initializer="zeros", name="bias")
         self._relu_weight()
 
-    def call(self, x, shared_activation: str | None = None):
+    def call(self, x, shared_activation: str | int | None = None):
         return self.activate(tf.einsum("bki,kio->bko", x, self.kernel) + self.bias, None, shared_activation)
 
 
-def call_slots(model: keras.Sequential, x, shared_activation: str | None = None):
+def call_slots(model: keras.Sequential, x, shared_activation: str | int | None = None):
     """``model`` (``build_lenet(..., slots=K)``) on ``x``, every slot layer given
-    ``shared_activation`` (None: each slot its own hidden activation)."""
+    ``shared_activation`` (:meth:`SlotLayer.activate`; None: each slot's ``relu`` weight decides)."""
     for layer in model.layers:
         x = layer(x, shared_activation=shared_activation) if isinstance(layer, SlotLayer) else layer(x)
     return x

@@ -58,13 +58,18 @@ def test_fused_losses_and_gradients_equal_separate_lenets(small, output):
     pack = PackedLeNet(cfg.model, len(slots), 16, x, y)
     for k, p in enumerate(slots):
         pack.assign(k, p, seed=20 + k)
+    weights = pack.weights  # laid out: sigmoid trials on the first lanes (slot k on lane pack.lane[k])
+    assert [pack.lane[k] for k in range(len(slots))] == [0, 2, 3, 1] and pack.current.shared == 2
     batches = [np.arange(16) + 16 * k for k in range(len(slots))]  # each slot its own images
-    xs = np.concatenate([x[b] for b in batches], axis=-1)
-    ys = np.stack([y[b] for b in batches], axis=1)
+    by_lane = sorted(range(len(slots)), key=pack.lane.get)
+    xs = np.concatenate([x[batches[k]] for k in by_lane], axis=-1)
+    ys = np.stack([y[batches[k]] for k in by_lane], axis=1)
     with tf.GradientTape() as tape:
-        losses, _ = pack.losses(tf.constant(xs), tf.constant(ys))
-        total = tf.reduce_sum(losses)
-    grads = tape.gradient(total, pack.weights)
+        lane_losses, _ = pack.losses(tf.constant(xs), tf.constant(ys))
+        total = tf.reduce_sum(lane_losses)
+    lane_grads = tape.gradient(total, weights)
+    losses = [lane_losses[pack.lane[k]] for k in range(len(slots))]
+    grads = [[g[pack.lane[k]] for k in range(len(slots))] for g in lane_grads]  # [weight][slot]
     for k, p in enumerate(slots):
         model = lenet(cfg.model, p, 20 + k)
         with tf.GradientTape() as tape:

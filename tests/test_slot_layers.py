@@ -50,15 +50,17 @@ def loss_and_grads(model, x, y, **call):
 
 
 @pytest.mark.parametrize("formulation", [None, "per_slot", "patches", ["depthwise", "patches"]])
-@pytest.mark.parametrize("activations", [("sigmoid", "relu", "relu"), ("relu",) * 3, ("sigmoid",) * 3])
-def test_each_formulation_computes_k_separate_lenets_forward_and_backward(images, formulation, activations):
-    """Mixed activations run the per-slot blend; agreeing ones the graph with one shared activation
-    (what a pack whose live trials agree traces)."""
+@pytest.mark.parametrize("activations, shared", [
+    (("sigmoid", "relu", "relu"), None),  # each slot's relu weight decides (a blend of both)
+    (("sigmoid", "relu", "relu"), 1),  # slot 0 sigmoid, the others ReLU: one activation per range
+    (("relu",) * 3, "relu"), (("sigmoid",) * 3, "sigmoid")])  # one activation for all
+def test_each_formulation_computes_k_separate_lenets_forward_and_backward(images, formulation, activations,
+                                                                           shared):
+    """Each way the packed trainer has the slots' hidden activations computed."""
     x, y = images
     cfg = compose_cfg(["model.output_activation=softmax"]).model
     plain, fused = plain_and_fused(cfg, activations, formulation)
     batches = [slice(32 * k, 32 * (k + 1)) for k in range(3)]  # each slot its own images
-    shared = activations[0] if len(set(activations)) == 1 else None
     logits, grads = loss_and_grads(fused, np.concatenate([x[b] for b in batches], -1),
                                    np.stack([y[b] for b in batches], 1), shared_activation=shared)
     for k, (model, b) in enumerate(zip(plain, batches)):
