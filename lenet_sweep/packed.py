@@ -12,8 +12,10 @@ trains it:
   convolution one ``conv2d`` over that one batch, and a trial depends on its stream position (the
   orders drawn before its first epoch, :attr:`PackedLeNet.stream_position`) instead of its seed;
 - the loss is the sum of the slots' batch-mean losses, so each slot's gradient is its own;
-- each slot's ``lr``, ``momentum``, ``nesterov`` and hidden activation (sigmoid or ReLU) are tensors
-  held in variables, so a slot takes a new trial without retracing the graph;
+- each slot's ``lr``, ``momentum`` and ``nesterov`` are tensors held in variables, so a slot takes a
+  new trial without retracing the graph; the hidden activation (sigmoid or ReLU) is computed per
+  lane range: sigmoid trials on the first lanes, ReLU ones after, one graph per split (at most
+  K + 1 per width, each traced when first needed);
 - the update is Keras' SGD rule per slot (``m = m·momentum − g·lr``; ``w += m``, or with Nesterov
   ``w += m·momentum − g·lr``; with momentum 0 this is exactly ``w −= g·lr``).
 
@@ -22,7 +24,8 @@ live trials, rounded up to one of :func:`widths` (powers of two below K, and K).
 own variables and graphs (a :class:`_Lanes`), made and traced when first needed and kept; when the
 live trials need another width, their state moves there at the epoch boundary. A slot is where a
 trial stays for its whole life (the ``pack`` tag names it); its lane in the current width is an
-internal matter. So a lone trial trains at the speed of a pack of one.
+internal matter (lanes move at an epoch boundary when the activation order needs it). So a lone
+trial trains at the speed of a pack of one.
 
 A slot's trial does not depend on its neighbours: its initial weights are those :func:`build_lenet`
 builds after ``keras.utils.set_random_seed(seed)`` (as :func:`lenet_sweep.train.train` does), and
