@@ -120,22 +120,23 @@ class _Lanes:
         self.correct = tf.Variable(tf.zeros(width), trainable=False)
         self.seen = tf.Variable(0.0, trainable=False)
         x, y = pack.x, pack.y
-        self.activation: dict[int, str] = {}  # live lane -> its hidden activation
-        # traced once per shared activation (None: each lane its own), see :attr:`shared`
-        self.train_chunk = tf.function(self._chunk)
+        self.train_chunk = tf.function(self._chunk)  # traced per :attr:`shared` value
         self._eval_specs = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], y.dtype)]
         self._eval_graphs: dict[str | int | None, tf.types.experimental.GenericFunction] = {}
 
     @property
     def shared(self) -> str | int | None:
-        """What the graph computes as the hidden activation (padding lanes never change, so what
-        they compute does not matter): the one every live lane uses, if they agree; else n when
-        lanes 0 … n−1 are the sigmoid ones and the others ReLU (:meth:`PackedLeNet._layout` keeps
-        them so: one activation per lane range); else None (a per-lane blend of both)."""
-        used = set(self.activation.values())
+        """What the graph computes as the hidden activation of these lanes, the pack's current ones
+        (padding lanes never change, so what they compute does not matter): the one every live lane
+        uses, if they agree; else n when lanes 0 … n−1 are the sigmoid ones and the others ReLU
+        (:meth:`PackedLeNet._layout` keeps them so: one activation per lane range); else None (a
+        per-lane blend of both)."""
+        pack = self.pack
+        activation = {lane: _name(pack.params[s].activation) for s, lane in pack.lane.items()}
+        used = set(activation.values())
         if len(used) == 1:
             return used.pop()
-        sigmoid = {lane for lane, act in self.activation.items() if act == "sigmoid"}
+        sigmoid = {lane for lane, act in activation.items() if act == "sigmoid"}
         if sigmoid == set(range(len(sigmoid))) and used == {"sigmoid", "relu"}:
             return len(sigmoid)
         return None
@@ -164,7 +165,6 @@ class _Lanes:
             for lane, state in states.items():
                 value[lane] = pick(state.params)
             var.assign(value)
-        self.activation.update({lane: _name(state.params.activation) for lane, state in states.items()})
 
     def idle(self, lanes) -> None:
         """Lanes left without a trial: they compute but never change."""
@@ -172,8 +172,6 @@ class _Lanes:
             value = var.numpy()
             value[list(lanes)] = 0.0
             var.assign(value)
-        for lane in lanes:
-            self.activation.pop(lane, None)
 
     def read(self, lanes) -> dict[int, tuple[list[np.ndarray], list[np.ndarray]]]:
         """Each of ``lanes``' weights and velocities; every variable read once."""
@@ -250,7 +248,7 @@ class _Lanes:
 
 
 class PackedLeNet:
-    """K LeNet-5 slots over in-memory training tensors ``x`` ``[N, H, W, 1]``, ``y`` ``[N]``."""
+    """K LeNet-5 slots over in-memory training tensors ``x`` ``[N, H, W, C]``, ``y`` ``[N]``."""
 
     def __init__(self, model_cfg, slots: int, batch_size: int, x, y, formulation: str | None = None,
                  batches: str = "independent", stream_seed: int = 0):

@@ -65,18 +65,16 @@ class SlotLayer(layers.Layer):
         ``shared`` (a ``PER_SLOT`` layer; a graph traced for it): a name, every slot uses that
         activation; an int n, slots 0 … n−1 use sigmoid and the others ReLU (the packed trainer
         keeps its sigmoid trials on the first lanes); None: each slot's ``relu`` weight decides."""
-        activation = self.activation
-        if activation == PER_SLOT and isinstance(shared, int) and 0 < shared < self.slots:
-            axis, cut = (-1, shared * channels) if channels else (1, shared)
-            head, tail = tf.split(z, [cut, z.shape[axis] - cut], axis=axis)
-            return tf.concat([tf.sigmoid(head), tf.nn.relu(tail)], axis=axis)
-        if activation == PER_SLOT and isinstance(shared, int):
+        if self.activation != PER_SLOT:
+            return z if self.activation is None else keras.activations.get(self.activation)(z)
+        if isinstance(shared, int):
+            if 0 < shared < self.slots:
+                axis, cut = (-1, shared * channels) if channels else (1, shared)
+                head, tail = tf.split(z, [cut, z.shape[axis] - cut], axis=axis)
+                return tf.concat([tf.sigmoid(head), tf.nn.relu(tail)], axis=axis)
             shared = "sigmoid" if shared else "relu"
-        activation = shared if activation == PER_SLOT and shared else activation
-        if activation is None:
-            return z
-        if activation != PER_SLOT:
-            return keras.activations.get(activation)(z)
+        if shared:
+            return keras.activations.get(shared)(z)
         relu = tf.repeat(self.relu, channels) if channels else self.relu[:, None]
         # a blend, not tf.where: exact for a 0/1 weight, fewer ops (a pack of 8: 14.1k against
         # 12.9k trial-samples/s, 2-core AMD EPYC, batch 32). A sigmoid lane whose pre-activation

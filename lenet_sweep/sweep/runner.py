@@ -366,10 +366,7 @@ class SweepRunner:
         except BaseException as exc:
             launcher.shutdown(kill=True)
             for trial, run_id in [*running.values(), *([started] if started else [])]:
-                try:
-                    self._abandon(study, trial, run_id, exc)
-                except Exception as again:  # the storage that failed (a full disk): the next
-                    log.debug(f"trial {trial.number}: {again!r}")  # trials' runs are closed all the same
+                self._abandon(study, trial, run_id, exc)
             raise
         finally:
             heartbeat.stop()
@@ -491,7 +488,9 @@ class SweepRunner:
 
     def _abandon(self, study, trial, run_id: str | None, exc: BaseException) -> None:
         """The sweep itself was interrupted or failed around this trial: nothing may stay RUNNING.
-        With ``retry_failed`` the trial is queued again with the same parameters."""
+        With ``retry_failed`` the trial is queued again with the same parameters. Never raises: the
+        caller raises ``exc``, and the storage that failed (a full disk) must not keep the other
+        in-flight trials' runs from being closed."""
         self.heartbeat.discard(trial._trial_id)
         TrialPayload.remove(self.sweep_dir / str(trial.number))
         getattr(study.sampler, "forget", lambda number: None)(trial.number)
@@ -501,9 +500,13 @@ class SweepRunner:
                 studies.fail(study, trial._trial_id, reason)
                 if self.s["retry_failed"]:
                     studies.requeue(study, study._storage.get_trial(trial._trial_id), self.s["retry_failed"])
-        finally:  # the study's storage may be what failed (a full disk): the run is closed anyway
+        except Exception as again:  # the study's storage may be what failed: the run is closed anyway
+            log.debug(f"trial {trial.number} not marked FAIL: {again!r}")
+        try:
             if run_id is not None:
                 runs.close_child(self.client, run_id, TrialState.FAIL, reason, status="KILLED")
+        except Exception as again:
+            log.debug(f"trial {trial.number}'s run {run_id} not closed: {again!r}")
 
     # -- trials other sweepers left behind ---------------------------------------------------
     def _reap(self, study) -> None:
