@@ -29,15 +29,18 @@ PRUNER = ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=
           "hydra.sweeper.pruner.n_warmup_steps=0"]
 
 
-def lenet_sweep_arm(name: str, extra: list[str], args) -> dict:
+def lenet_sweep_arm(name: str, extra: list[str], args, pruner: list[str] = PRUNER, seed: int = 0,
+                    study_out: list | None = None) -> dict:
+    """One whole ``python -m lenet_sweep -m`` process into temporary stores: its summary; its study's
+    trials appended to ``study_out`` when given."""
     import optuna
 
     from lenet_sweep.stores import open_optuna_storage
 
     with tempfile.TemporaryDirectory(prefix="packed_bench_") as tmp:
-        cmd = [sys.executable, "-m", "lenet_sweep", "-m", "hydra/sweeper=optuna", *PRUNER,
+        cmd = [sys.executable, "-m", "lenet_sweep", "-m", "hydra/sweeper=optuna", *pruner,
                f"hydra.sweeper.n_trials={args.trials}", f"data.train_limit={args.images}",
-               f"trainer.epochs={args.epochs}", "trainer.verbose=0", "hydra.sweeper.seed=0",
+               f"trainer.epochs={args.epochs}", "trainer.verbose=0", f"hydra.sweeper.seed={seed}",
                f"hydra.sweeper.storage={tmp}/optuna.journal", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
                f"hydra.sweep.dir={tmp}/multirun", *extra]
         start = time.perf_counter()
@@ -46,6 +49,8 @@ def lenet_sweep_arm(name: str, extra: list[str], args) -> dict:
         if proc.returncode != 0:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
         study = optuna.load_study(study_name="lenet_sweep", storage=open_optuna_storage(f"{tmp}/optuna.journal"))
+        if study_out is not None:
+            study_out.extend(study.trials)
         return summary(name, wall, study)
 
 
