@@ -118,6 +118,12 @@ class TrainerConfig:
     fast: bool = True  # in-graph training loop over in-memory tensors; false: Keras fit on tf.data
     steps_per_execution: int = 100  # batches per compiled call; batch callbacks/progress bar update this often
     jit_compile: Optional[bool] = None  # XLA; null: the fast path measures which is faster here (README)
+    # Batch orders from a stream other than the seed's (fast path only): the orders of
+    # np.random.default_rng(stream_seed) from its stream_position-th on. A packed sweep with
+    # hydra.launcher.batches=shared sets both on each trial (the pack's stream, the orders drawn before
+    # the trial entered), so its rerun trains on the batches it trained on. null: from `seed`.
+    stream_seed: Optional[int] = None
+    stream_position: Optional[int] = None  # null: 0 (a shared-batches trial's: set when it enters its slot)
     # Resuming (lenet_sweep/checkpoint.py). At each epoch end the run keeps checkpoint.npz in its job
     # folder (Hydra's output folder: outputs/DATE/TIME, a sweep trial's <sweep dir>/<number>), rewritten
     # atomically. It is removed when the run ends (completed, pruned, or diverged: a resume would
@@ -228,6 +234,15 @@ def validate(cfg: DictConfig) -> None:
         m = opt.momentum
         _check(0 <= m < 1, "optimizer.momentum", m, "must be in [0, 1)", "0.9")
     _check(cfg.trainer.epochs >= 1, "trainer.epochs", cfg.trainer.epochs, "must be >= 1", "10")
+    tc = cfg.trainer
+    if tc.stream_position is not None:
+        _check(tc.stream_position >= 0, "trainer.stream_position", tc.stream_position, "must be >= 0", "0")
+        _check(tc.stream_seed is not None, "trainer.stream_position", tc.stream_position,
+               "counts orders of trainer.stream_seed's stream: set trainer.stream_seed too (or drop it)",
+               "0 trainer.stream_seed=42")
+    if tc.stream_seed is not None:
+        _check(tc.fast, "trainer.stream_seed", tc.stream_seed, "needs trainer.fast=true (Keras fit shuffles "
+               "by its own seed); set trainer.fast=true, or drop trainer.stream_seed", "null")
     spe = cfg.trainer.steps_per_execution
     _check(spe >= 1, "trainer.steps_per_execution", spe, "must be >= 1", "100")
     _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be >= 1", "32")

@@ -187,9 +187,11 @@ def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
         validation_data: tuple | None = None, callbacks: Sequence[keras.callbacks.Callback] = (),
         verbose: int = 1, steps_per_execution: int = 1, jit_compile: bool | None = False,
         resume: LoopState | None = None, after_epoch: Callable[[LoopState], None] | None = None,
-        ) -> tuple[keras.callbacks.History, InGraphTrainer]:
+        skip: int = 0) -> tuple[keras.callbacks.History, InGraphTrainer]:
     """Train a compiled ``model`` on tensors ``x``, ``y`` (see the module docstring).
     ``jit_compile=None`` measures which is faster here, XLA or not (:class:`JitChooser`).
+    Epoch e's batch order is the ``(skip + e)``-th permutation of ``np.random.default_rng(seed)``
+    (``skip``: a shared batch stream's position, ``trainer.stream_position``).
 
     ``resume``: continue after ``resume.epoch`` epochs (the model's and optimizer's variables already
     restored): the next epoch's batch order, and the XLA variant of its chunks, are those the
@@ -205,6 +207,8 @@ def fit(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
     chooser = JitChooser(model, batch_size, x, jit_compile,
                          chunks=count_chunks(n, batch_size, epochs, steps_per_execution))
     rng = np.random.default_rng(seed)
+    for _ in range(skip):
+        rng.permutation(n)
     start = 0
     if resume is not None:
         start = resume.epoch

@@ -51,7 +51,7 @@ from lenet_sweep import checkpoint, devices, runtime, tracking
 from lenet_sweep.config import ConfigError, UserError, validate
 from lenet_sweep.model import _name, build_lenet, format_shape_table
 from lenet_sweep.packed import BUILD_LOCK, PackedLeNet, SlotParams, SlotState, restore_rng
-from lenet_sweep.packing import PACKED_KEYS, shared_part, unpackable
+from lenet_sweep.packing import BATCHES, PACKED_KEYS, shared_part, unpackable
 from lenet_sweep.trial import Reporter, TrialPayload
 
 log = logging.getLogger(__name__)
@@ -178,8 +178,12 @@ class PackWorker:
             self.device = devices.configure()
             self.tensors = runtime.tensors(self.splits)
             self.shared = shared_part(cfg)
+            # hydra.launcher.batches=shared: one stream for the pack, from the sweep's seed
+            sweep = self.config.hydra
+            self.stream_seed = sweep.sweeper.get("seed") or 0
             self.pack = PackedLeNet(cfg.model, self.size, cfg.data.batch_size, self.tensors.x_train,
-                                    self.tensors.y_train)
+                                    self.tensors.y_train, batches=sweep.launcher.get("batches", BATCHES[0]),
+                                    stream_seed=self.stream_seed)
         elif shared_part(cfg) != self.shared:
             raise ConfigError("this trial differs from its pack in more than "
                               f"{', '.join(PACKED_KEYS)}: run it with hydra.launcher.pack=1")
@@ -205,6 +209,9 @@ class PackWorker:
             if why:
                 raise ConfigError(f"this trial cannot be packed: {why}")
             pack = self._pack_for(cfg)
+            later = ()
+            if pack.batches == "shared":  # its batch orders: the pack's stream, from where it enters
+                cfg.trainer.stream_seed, later = self.stream_seed, ("trainer.stream_position",)
             params = SlotParams(lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
                                 nesterov=cfg.optimizer.nesterov, activation=_name(cfg.model.activation))
             # a retried trial: its failed attempt's checkpoint, if it wrote one of this config
@@ -219,7 +226,7 @@ class PackWorker:
                              "resumed_after_epoch": str(ckpt.epoch)})
             opened = (client, run_id)
             tracking.log_params(client, run_id, {}, tags)
-            record_start(client, run_id, cfg, model, self.splits, format_shape_table(model))
+            record_start(client, run_id, cfg, model, self.splits, format_shape_table(model), later)
             tc = cfg.trainer
             folder = None
             if tc.checkpoint:
@@ -306,6 +313,11 @@ class PackWorker:
         slot = self.slots.index(None)
         self.pack.put(slot, trial.state)
         trial.state = None
+        if self.pack.batches == "shared":  # the stream orders drawn before its first epoch here
+            from lenet_sweep.train import record_param
+
+            record_param(trial.client, trial.run_id, trial.cfg, "trainer.stream_position",
+                         self.pack.stream_position[slot])
         trial.logger.tag("pack", f"{slot}/{self.size}")
         trial.reporter.entered(slot, self.size)
         self.slots[slot] = trial

@@ -53,10 +53,9 @@ from omegaconf import OmegaConf
 
 from lenet_sweep.fast_fit import EVAL_BATCH
 from lenet_sweep.model import _name, build_lenet
+from lenet_sweep.packing import BATCHES  # PackedLeNet(batches=): each slot its own order, or one stream
 from lenet_sweep.slot_layers import call_slots
 
-#: ``PackedLeNet(batches=)``: each slot its own batch order, or one stream for all
-BATCHES = ("independent", "shared")
 
 #: seeding and building a LeNet are one step: Keras' seed generator is per thread, but numpy's,
 #: Python's and TensorFlow's global seeds are not (a trial's initial state is made in a starter

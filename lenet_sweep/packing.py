@@ -16,6 +16,8 @@ from lenet_sweep.config import LENET
 #: keys the trials of one pack may differ in
 PACKED_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "model.activation",
                "trainer.epochs", "seed")
+#: ``hydra.launcher.batches``: packed trials' batch orders, each its own or one stream per pack
+BATCHES = ("independent", "shared")
 #: keys that never change what is trained
 UNTRAINED_KEYS = ("trainer.verbose", "mlflow.run_name")
 
@@ -42,4 +44,7 @@ def unpackable(cfg: DictConfig, space_keys: Iterable[str] = ()) -> str | None:
         return f"optimizer._target_={target}: packed trials train SGD only"
     if not cfg.trainer.fast:
         return "trainer.fast=false: packed trials run the in-graph loop (trainer.fast=true)"
+    if cfg.trainer.get("stream_seed") is not None:
+        return (f"trainer.stream_seed={cfg.trainer.stream_seed}: a packed trial's batch orders come from its "
+                "seed, or from its pack's stream with hydra.launcher.batches=shared")
     return None

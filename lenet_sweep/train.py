@@ -150,12 +150,28 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
 
 
 def record_start(client: MlflowClient, run_id: str, cfg: DictConfig, model: keras.Model,
-                 splits: data.Splits, summary: str) -> None:
-    """What a run records before training: params, provenance, the model table, the config."""
-    tracking.log_params(client, run_id, {**tracking.flat_params(cfg), "num_params": model.count_params()})
+                 splits: data.Splits, summary: str, later: tuple[str, ...] = ()) -> None:
+    """What a run records before training: params, provenance, the model table, the config.
+    ``later``: params known only once training starts (a shared-batches trial's
+    ``trainer.stream_position``), logged then with :func:`record_param`."""
+    params = {k: v for k, v in tracking.flat_params(cfg).items() if k not in later}
+    tracking.log_params(client, run_id, {**params, "num_params": model.count_params()})
     provenance.log_run(client, run_id, cfg, model, splits)  # versions, commit, threads, data
     client.log_text(run_id, summary, "model_summary.txt")
+    log_config(client, run_id, cfg)
+
+
+def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
+    """The resolved config as the run's ``config.yaml`` (what a rerun trains)."""
     client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+
+
+def record_param(client: MlflowClient, run_id: str, cfg: DictConfig, key: str, value) -> None:
+    """Set ``key`` in ``cfg``, log it as a param and ``config.yaml`` again (a key ``record_start``
+    left for later)."""
+    OmegaConf.update(cfg, key, value)
+    tracking.log_params(client, run_id, {key: value})
+    log_config(client, run_id, cfg)
 
 
 def record_end(client: MlflowClient, run_id: str, model: keras.Model, splits: data.Splits,
@@ -211,9 +227,10 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits, call
         from lenet_sweep import fast_fit
 
         t = runtime.tensors(splits)
+        order_seed = cfg.seed if tc.stream_seed is None else tc.stream_seed  # batch orders' generator
         enter("train")
         _, trainer = fast_fit.fit(model, t.x_train, t.y_train, batch_size=cfg.data.batch_size,
-                                  epochs=tc.epochs, seed=cfg.seed, validation_data=(t.x_val, t.y_val),
+                                  epochs=tc.epochs, seed=order_seed, skip=tc.stream_position or 0, validation_data=(t.x_val, t.y_val),
                                   callbacks=callbacks, verbose=tc.verbose,
                                   steps_per_execution=tc.steps_per_execution, jit_compile=tc.jit_compile,
                                   resume=resume, after_epoch=after_epoch)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, all_runs, copy_stores
+from conftest import TINY, all_runs, copy_stores, parents_and_children, run_cli, sweep_args
 from lenet_sweep import data, provenance
 
 TIMING = ("epoch_seconds", "samples_per_second", "figures_seconds", "checkpoint_seconds")
@@ -218,3 +218,36 @@ def test_the_verdict_names_what_differs():
                    "intra-op threads 2 -> 4", "XLA true -> false (trainer.jit_compile=null timed"):
         assert reason in line, reason
     assert "no recorded difference explains it" in verdict(table, run(base), run(base))
+
+
+@pytest.mark.sweep
+def test_a_shared_batches_trial_that_entered_late_reruns_alone_on_its_stream(tmp_path, client):
+    """hydra.launcher.batches=shared, one worker with a pack of 2, three trials of two epochs (ReLU on
+    normalised pixels, lr 0.05, momentum < 0.5: they learn from the first epoch, so the batch order
+    shows, and stay well-conditioned; no pruning before five trials complete): the third
+    enters when the first two end, after the pack drew two batch orders. Each trial records the
+    stream (trainer.stream_seed: the sweep's seed) and its position; the late one's rerun, alone,
+    trains on those orders and ends where it ended within float rounding (1e-4 relative, as above),
+    while the same rerun on its own seed's orders (trainer.stream_seed=null) ends elsewhere."""
+    proc = run_cli(sweep_args(tmp_path, "model.activation=relu", "data.normalize=true", "optimizer.lr=0.05",
+                              "optimizer.momentum=interval(0.0, 0.5)", "hydra.launcher.pack=2", "hydra.sweeper.n_jobs=2",
+                              "hydra.launcher.batches=shared", "hydra.sweeper.seed=3", "trainer.epochs=2"),
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, children = parents_and_children(client)
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    assert [by_number[n].data.params["trainer.stream_seed"] for n in range(3)] == ["3"] * 3
+    assert [by_number[n].data.params["trainer.stream_position"] for n in range(3)] == ["0", "0", "2"]
+    late = by_number[2]
+    assert config_of(client, late.info.run_id, tmp_path)["trainer"]["stream_position"] == 2
+    uri = client.tracking_uri
+    proc = rerun_cli([late.info.run_id, f"mlflow.tracking_uri={uri}", "trainer.verbose=0"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert model_metrics(rerun_of(client, late.info.run_id)) == pytest.approx(model_metrics(late), rel=1e-4, abs=1e-6)
+    own = [by_number[0].info.run_id, f"mlflow.tracking_uri={uri}", "trainer.verbose=0", "trainer.stream_seed=null",
+           "trainer.stream_position=null"]
+    proc = rerun_cli(own, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    elsewhere = model_metrics(rerun_of(client, by_number[0].info.run_id))
+    assert abs(elsewhere["loss"] - by_number[0].data.metrics["loss"]) > 1e-3  # another batch order moves it
+    assert all(r.info.status == "FINISHED" for r in all_runs(client))

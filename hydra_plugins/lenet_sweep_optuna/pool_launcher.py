@@ -24,6 +24,10 @@ class PoolLauncherConf:
     # trials per worker trained as one fused graph (lenet_sweep.packed); null (the default): chosen from
     # the devices (lenet_sweep.devices.default_pack) wherever the search space can be packed; 1: unpacked
     pack: Optional[int] = None
+    # packed trials' batch orders: independent (each trial its own, from its seed, as it would alone) or
+    # shared (one stream per pack from hydra.sweeper.seed: the batch is gathered once and the first
+    # convolution runs once for all slots; each trial records its trainer.stream_seed/stream_position)
+    batches: str = "independent"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=PoolLauncherConf,
@@ -32,8 +36,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="lenet_pool", node=Poo
 
 class PoolLauncher(Launcher):
     def __init__(self, n_workers: Optional[int] = None, asynchronous: bool = True,
-                 pack: Optional[int] = None) -> None:
-        self.n_workers, self.asynchronous, self.pack = n_workers, asynchronous, pack
+                 pack: Optional[int] = None, batches: str = "independent") -> None:
+        self.n_workers, self.asynchronous, self.pack, self.batches = n_workers, asynchronous, pack, batches
         self.pool = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from lenet_sweep import devices, stores, tracking
 from lenet_sweep.config import UserError, flatten, objective_text, objectives as objective_list
-from lenet_sweep.packing import unpackable
+from lenet_sweep.packing import BATCHES, unpackable
 from lenet_sweep.sweep import liveness, runs, samplers, settings
 from lenet_sweep.sweep.ask_lock import ask_lock
 from lenet_sweep.sweep.console import SweepConsole, params_text, values_text
@@ -189,6 +189,10 @@ class SweepRunner:
         if self.pack < 1 or (self.pack > 1 and not launcher.asynchronous):
             raise SweepError(f"hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
                              "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
+        batches = getattr(launcher, "batches", BATCHES[0])
+        if batches not in BATCHES:
+            raise SweepError(f"hydra.launcher.batches={batches} is invalid: independent (each packed trial its "
+                             "own batch orders) or shared (one batch stream per pack)")
         workers = devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
         self.n_jobs = self.s["n_jobs"] or workers * self.pack
         n_workers = getattr(launcher, "n_workers", None)
