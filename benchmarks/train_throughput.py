@@ -116,17 +116,18 @@ def lenet_sweep(batch: int, images: int | None, epochs: int, seed: int, plain: b
     from mlflow.tracking import MlflowClient
 
     from lenet_sweep import CONF_DIR
+    from lenet_sweep import run_record
     from lenet_sweep import train as train_mod
     from lenet_sweep.config import register
 
     loggers = []
 
-    class CountingLogger(train_mod.EpochLogger):  # keeps the instance to read its log_seconds
+    class CountingLogger(run_record.EpochLogger):  # keeps the instance to read its log_seconds
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             loggers.append(self)
 
-    train_mod.EpochLogger = CountingLogger
+    run_record.EpochLogger = CountingLogger
     register()
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"

@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lenet_sweep import CONF_DIR
-from lenet_sweep.config import ConfigError, UserError, objectives, register, validate
+from lenet_sweep.config import UserError, objective_value, register, validate
 
 register()
 log = logging.getLogger(__name__)
@@ -27,18 +27,6 @@ def _moved_keys(argv: list[str]) -> None:
                 value = arg[len(old):]
                 sys.exit(f"error: {arg} is now a config group: write {new}{value} "
                          f"(its options: {new.replace('/', '.').rstrip('=')}.KEY=VALUE)")
-
-
-def objective(metrics: dict[str, float], name) -> float | tuple[float, ...]:
-    """The value returned to a sweeper: the metric ``name`` names; a tuple for several names
-    (several objectives, in their order)."""
-    names = objectives(name)
-    for one in names:
-        if one not in metrics:
-            raise ConfigError(f"objective={one} names no metric of this run; "
-                              f"one of: {', '.join(sorted(metrics))}")
-    values = tuple(float(metrics[one]) for one in names)
-    return values if len(values) > 1 else values[0]
 
 
 def _traceback_to_log_file(exc: BaseException) -> None:
@@ -67,7 +55,7 @@ def main(cfg: DictConfig) -> float:
 
             payload = TrialPayload.read(HydraConfig.get().runtime.output_dir)
         if payload is None:
-            return objective(train(cfg), cfg.objective)
+            return objective_value(train(cfg), cfg.objective)
         from lenet_sweep.train import PruningCallback
         from lenet_sweep.trial import Reporter
 
@@ -75,7 +63,7 @@ def main(cfg: DictConfig) -> float:
         metrics = train(cfg, callbacks=[PruningCallback(reporter.report, payload.monitor)],
                         run_id=payload.run_id)
         reporter.raise_if_pruned()  # after the run is recorded; the sweeper tells Optuna PRUNED
-        return objective(metrics, cfg.objective)
+        return objective_value(metrics, cfg.objective)
     except Exception as exc:
         _traceback_to_log_file(exc)
         from lenet_sweep.tracking import write_error  # a full disk: the path and the reason

@@ -225,6 +225,18 @@ def objectives(objective: Any) -> list[str]:
     return names
 
 
+def objective_value(metrics: dict[str, float], name) -> float | tuple[float, ...]:
+    """The value returned to a sweeper: the metric ``name`` names; a tuple for several names
+    (several objectives, in their order)."""
+    names = objectives(name)
+    for one in names:
+        if one not in metrics:
+            raise ConfigError(f"objective={one} names no metric of this run; "
+                              f"one of: {', '.join(sorted(metrics))}")
+    values = tuple(float(metrics[one]) for one in names)
+    return values if len(values) > 1 else values[0]
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is out of range."""
     opt, data = cfg.optimizer, cfg.data

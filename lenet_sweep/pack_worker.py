@@ -4,9 +4,9 @@
 Each trial arrives as the Hydra job it would be unpacked — its overrides, composed by Hydra's
 ``run_job`` (its folder, ``.hydra/`` files, and the sweeper's :class:`~lenet_sweep.trial.TrialPayload`
 there) — and leaves as that job's ``JobReturn``. Its MLflow child run records what an unpacked
-trial's records (:func:`lenet_sweep.train.record_start` / :func:`~lenet_sweep.train.record_end`:
-params, provenance, per-epoch metrics, test metrics, pictures, ``.weights.h5``) plus a tag
-``pack`` (``slot/size``), the pack's width at each epoch (``pack_width``) and its phases
+trial's, through the same :class:`lenet_sweep.run_record.RunRecord` (params, provenance,
+per-epoch metrics, test metrics, pictures, ``.weights.h5``, one place that ends the run) plus tags
+``pack`` (``slot/size``) and ``pack_formulation`` (the slot convolutions'), the pack's width at each epoch (``pack_width``) and its phases
 (:mod:`lenet_sweep.runtime`); its Optuna trial gets each epoch's report and may be pruned.
 
 Three threads keep the pack training:
@@ -40,7 +40,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from hydra.core.utils import run_job
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lenet_sweep import checkpoint, devices, runtime, tracking
-from lenet_sweep.config import ConfigError, UserError, validate
+from lenet_sweep.config import ConfigError, UserError, objective_value, validate
 from lenet_sweep.model import _name, build_lenet, format_shape_table
 from lenet_sweep.packed import BUILD_LOCK, PackedLeNet, SlotParams, SlotState, restore_rng
 from lenet_sweep.packing import BATCHES, PACKED_KEYS, shared_part, unpackable
@@ -81,17 +81,20 @@ class Trial:
     output_dir: Path
     payload: TrialPayload
     reporter: Reporter
-    client: Any
-    run_id: str
-    logger: Any  # lenet_sweep.train.EpochLogger
+    record: Any  # lenet_sweep.run_record.RunRecord: its run, epoch logger and phases
     state: SlotState | None  # what its slot takes at the boundary (None once it entered)
-    phases: runtime.Phases = field(default_factory=runtime.Phases)
     setup_seconds: float = 0.0
     epoch: int = 0  # epochs trained (the last one's number: epochs count from 1)
     stopped: bool = False
     folder: Path | None = None  # where its checkpoint goes (trainer.checkpoint*; None: none)
-    source: str | None = None  # the failed attempt's folder it resumed from
-    checkpoint_seconds: float = 0.0
+
+    @property
+    def phases(self) -> runtime.Phases:
+        return self.record.phases
+
+    @property
+    def logger(self):
+        return self.record.logger
 
 
 class PackWorker:
@@ -192,7 +195,7 @@ class PackWorker:
     def _prepare(self, idx: int, overrides: list[str]) -> Trial | None:
         """Everything the trial needs before its first step; None when it failed (then its end is
         emitted here)."""
-        from lenet_sweep.train import EpochLogger, record_start
+        from lenet_sweep.run_record import RunRecord
 
         phases = runtime.Phases()
         trial = opened = None
@@ -224,16 +227,15 @@ class PackWorker:
             if ckpt is not None:
                 tags.update({"resumed_from": tracking.redact(payload.resume_from),
                              "resumed_after_epoch": str(ckpt.epoch)})
-            opened = (client, run_id)
-            tracking.log_params(client, run_id, {}, tags)
-            record_start(client, run_id, cfg, model, self.splits, format_shape_table(model), later)
             tc = cfg.trainer
             folder = None
             if tc.checkpoint:
                 folder = Path(tc.checkpoint_dir).expanduser() if tc.checkpoint_dir else output_dir
-            trial = Trial(idx, overrides, cfg, output_dir, payload, reporter, client, run_id,
-                          EpochLogger(client, run_id, len(self.splits.x_train)), state, phases,
-                          folder=folder, source=payload.resume_from)
+            opened = RunRecord(client, run_id, cfg, len(self.splits.x_train), phases,
+                               checkpoints=(folder, payload.resume_from))
+            tracking.log_params(client, run_id, {}, tags)
+            opened.start(model, self.splits, format_shape_table(model), later)
+            trial = Trial(idx, overrides, cfg, output_dir, payload, reporter, opened, state, folder=folder)
             if ckpt is not None:
                 self._resume(trial, ckpt)
         except Exception as exc:  # this trial fails; the pack goes on
@@ -241,10 +243,7 @@ class PackWorker:
                 self._end(trial, exc)
                 return None
             if opened is not None:
-                try:
-                    tracking.end_run(*opened, exc)
-                except Exception:  # the sweeper closes the run if this could not
-                    pass
+                opened.fail(exc)
             log.warning("trial job %s failed before training: %s", idx, tracking.error_line(exc))
             self.emit(idx, overrides, None, exc)
             return None
@@ -314,11 +313,9 @@ class PackWorker:
         self.pack.put(slot, trial.state)
         trial.state = None
         if self.pack.batches == "shared":  # the stream orders drawn before its first epoch here
-            from lenet_sweep.train import record_param
-
-            record_param(trial.client, trial.run_id, trial.cfg, "trainer.stream_position",
-                         self.pack.stream_position[slot])
+            trial.record.param("trainer.stream_position", self.pack.stream_position[slot])
         trial.logger.tag("pack", f"{slot}/{self.size}")
+        trial.logger.tag("pack_formulation", ",".join(self.pack.formulations))  # per slot convolution
         trial.reporter.entered(slot, self.size)
         self.slots[slot] = trial
 
@@ -368,7 +365,7 @@ class PackWorker:
         states = self.pack.slot_states(slots)
         share = (time.perf_counter() - start) / len(slots)
         for k in slots:
-            self.slots[k].checkpoint_seconds += share
+            self.slots[k].record.checkpoint_seconds += share
             self._write_checkpoint(self.slots[k], *states[k])
 
     def _write_checkpoint(self, trial: Trial, weights, velocities, rng_state: dict) -> None:
@@ -376,14 +373,8 @@ class PackWorker:
         opt = checkpoint.sgd_variables(trial.epoch * self.pack.steps, trial.cfg.optimizer.lr,
                                        trial.cfg.optimizer.momentum, velocities)
         checkpoint.Checkpoint(trial.epoch, weights, opt, trial.logger.history,
-                              checkpoint.fingerprint(trial.cfg), trial.run_id, rng_state).write(trial.folder)
-        trial.checkpoint_seconds += time.perf_counter() - begin
-
-    def _discard_checkpoints(self, trial: Trial) -> None:
-        """The trial ended: no resume point stays (unless trainer.keep_checkpoint)."""
-        if not trial.cfg.trainer.keep_checkpoint:
-            for where in (trial.folder, trial.source):
-                checkpoint.remove(where)
+                              checkpoint.fingerprint(trial.cfg), trial.record.run_id, rng_state).write(trial.folder)
+        trial.record.checkpoint_seconds += time.perf_counter() - begin
 
     # -- trials out -----------------------------------------------------------------------------
     def _finish(self, slot: int) -> None:
@@ -418,30 +409,16 @@ class PackWorker:
 
     def _record(self, trial: Trial, weights) -> None:
         """In the recorder thread: what :func:`lenet_sweep.train.train` records after training."""
-        from lenet_sweep import registry
-        from lenet_sweep.__main__ import objective
-        from lenet_sweep.train import record_end
-
         trial.phases.enter("evaluate")
         try:
-            trial.logger.close()
             model, tester = self._evaluator(trial.cfg)
             model.set_weights(weights)
             test = tester.evaluate(self.tensors.x_test, self.tensors.y_test)
             trial.phases.enter("record")
-            step = len(trial.logger.history)  # the last epoch's
-            metrics = record_end(trial.client, trial.run_id, model, self.splits, trial.logger.history, test,
-                                 tester.predict_classes, xla=False, stopped=trial.stopped,
-                                 output_dir=trial.output_dir)
-            if trial.checkpoint_seconds:
-                tracking.log_metrics(trial.client, trial.run_id,
-                                     {"checkpoint_seconds": trial.checkpoint_seconds}, step=step)
-            trial.phases.log(trial.client, trial.run_id, step)
-            tracking.end_run(trial.client, trial.run_id)
-            self._discard_checkpoints(trial)
-            registry.register_if_asked(trial.client, trial.run_id, trial.cfg)
+            metrics = trial.record.finish(model, self.splits, test, tester.predict_classes, xla=False,
+                                          stopped=trial.stopped, output_dir=trial.output_dir)
             trial.reporter.raise_if_pruned()
-            value = objective(metrics, trial.cfg.objective)
+            value = objective_value(metrics, trial.cfg.objective)
         except Exception as exc:
             return self._end(trial, exc)
         self.emit(trial.idx, trial.overrides, value, None)
@@ -456,17 +433,9 @@ class PackWorker:
         FINISHED when recorded), and the sweeper hears of it."""
         import optuna
 
-        trial.logger.close(quiet=True)
-        if isinstance(exc, (optuna.TrialPruned, UserError)):  # ended (a diverged loss would diverge
-            self._discard_checkpoints(trial)  # again); an interruption or a crash keeps its resume point
-        if not isinstance(exc, optuna.TrialPruned):  # (a pruned trial's phases were logged with its record)
-            if not isinstance(exc, UserError):
-                log.warning("trial job %s failed: %s", trial.idx, tracking.error_line(exc))
-            trial.phases.log(trial.client, trial.run_id, len(trial.logger.history), quiet=True)
-            try:
-                tracking.end_run(trial.client, trial.run_id, exc)
-            except Exception:  # the sweeper closes the run if this could not
-                pass
+        if not isinstance(exc, (optuna.TrialPruned, UserError)):
+            log.warning("trial job %s failed: %s", trial.idx, tracking.error_line(exc))
+        trial.record.fail(exc)
         self.emit(trial.idx, trial.overrides, None, exc)
 
     def _release(self, slot: int) -> None:

@@ -54,7 +54,7 @@ from omegaconf import OmegaConf
 from lenet_sweep.fast_fit import EVAL_BATCH
 from lenet_sweep.model import _name, build_lenet
 from lenet_sweep.packing import BATCHES  # PackedLeNet(batches=): each slot its own order, or one stream
-from lenet_sweep.slot_layers import call_slots
+from lenet_sweep.slot_layers import call_slots, conv_formulations
 
 
 #: seeding and building a LeNet are one step: Keras' seed generator is per thread, but numpy's,
@@ -269,6 +269,11 @@ class PackedLeNet:
         self.current: _Lanes | None = None
         self.lane: dict[int, int] = {}  # live slot -> its lane in ``current``
         self.entering: dict[int, SlotState] = {}  # slots put since the last layout
+
+    @property
+    def formulations(self) -> list[str]:
+        """The slot convolutions' formulations at the pack's full width."""
+        return conv_formulations(self.model_cfg.conv_filters, int(self.x.shape[-1]), self.slots, self.formulation)
 
     # -- slots --------------------------------------------------------------------------------
     def _lenet(self, activation: str) -> keras.Sequential:

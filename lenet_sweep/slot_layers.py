@@ -51,6 +51,15 @@ def default_formulation(slots: int, in_channels: int, on_gpu: bool = False) -> s
     return "depthwise" if in_channels == 1 and slots > 1 else "per_slot"
 
 
+def conv_formulations(conv_filters, in_channels: int, slots: int, formulation: str | None = None) -> list[str]:
+    """Each slot convolution's formulation in ``build_lenet(..., slots=slots, formulation=formulation)``
+    (convolutions of ``conv_filters`` outputs over ``in_channels``-channel images): what a packed
+    trial records (tag ``pack_formulation``)."""
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    ins = [in_channels, *list(conv_filters)[:-1]]
+    return [formulation or default_formulation(slots, cin, on_gpu) for cin in ins]
+
+
 class SlotLayer(layers.Layer):
     def __init__(self, slots: int, activation=None, **kwargs):
         super().__init__(**kwargs)

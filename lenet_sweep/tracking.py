@@ -196,17 +196,25 @@ def context_tags(tags: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**_mlflow_context(), **(tags or {})}
 
 
+def create_run(client: MlflowClient, experiment: str, run_id: str | None = None,
+               run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    """A new RUNNING run with MLflow's context tags and ``tags``, or ``tags`` set on ``run_id`` (a
+    sweep trial's, created by its sweeper)."""
+    if run_id is None:
+        return client.create_run(experiment_id(client, experiment), run_name=run_name,
+                                 tags=context_tags(tags)).info.run_id
+    if tags:
+        log_params(client, run_id, {}, tags)
+    return run_id
+
+
 @contextlib.contextmanager
 def open_run(client: MlflowClient, experiment: str, run_id: str | None = None,
              run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[str]:
     """Create a run (or write into ``run_id``, created RUNNING by a sweeper for its trial) and always
     end it with the right status: FINISHED, FAILED (exception, tagged ``error``, traceback in
     ``error.txt``) or KILLED (Ctrl-C, SIGTERM)."""
-    if run_id is None:
-        run_id = client.create_run(experiment_id(client, experiment), run_name=run_name,
-                                   tags=context_tags(tags)).info.run_id
-    elif tags:
-        log_params(client, run_id, {}, tags)
+    run_id = create_run(client, experiment, run_id, run_name, tags)
     with sigterm_as_exit():
         try:
             yield run_id

@@ -1,15 +1,12 @@
-"""train(cfg) -> metrics: data, model, fit with callbacks, evaluate, log everything to MLflow; a
-checkpoint at each epoch end, and resuming from one (lenet_sweep.checkpoint)."""
+"""train(cfg) -> metrics: data, model, fit with callbacks, evaluate, everything recorded to MLflow
+(lenet_sweep.run_record); a checkpoint at each epoch end, and resuming from one (lenet_sweep.checkpoint)."""
 
 from __future__ import annotations
 
 import logging
-import math
-import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from lenet_sweep.quiet import import_tensorflow
 
@@ -20,10 +17,11 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import builders, checkpoint, data, devices, provenance, registry, runtime, tracking
-from lenet_sweep.config import ConfigError, TrainingDiverged, UserError, validate
+from lenet_sweep import builders, checkpoint, data, devices, runtime, tracking
+from lenet_sweep.config import ConfigError, validate
 from lenet_sweep.model import format_shape_table
 from lenet_sweep.quiet import startup_lines_filtered
+from lenet_sweep.run_record import RunRecord
 
 log = logging.getLogger(__name__)
 _IMPORT = {"span": (_IMPORT_STARTED, time.time())}  # popped by the first run of this process
@@ -37,75 +35,6 @@ def _import_seconds(written_at: float | None) -> float:
         return 0.0
     started, ended = span
     return max(0.0, ended - max(started, written_at or started))
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics to MLflow, with epoch time and throughput; stops on NaN. Epochs count from 1
-    (as Keras prints them, "Epoch 1/2"): epoch ``k`` is MLflow step ``k``; Keras' callbacks get the
-    0-based index, converted here.
-
-    The MLflow call runs in a background thread, off the training loop's path; ``close`` waits for
-    it (``train`` calls it before anything else goes to the run). ``log_seconds`` is the time spent
-    in those calls. A resumed run's logger gets the earlier epochs through ``replay`` and never logs
-    a step twice (``logged``: the steps its run already holds)."""
-
-    def __init__(self, client: MlflowClient, run_id: str, samples: int, logged: Iterable[int] = ()):
-        super().__init__()
-        self.client, self.run_id, self.samples = client, run_id, samples
-        self.logged = set(logged)  # steps the run has already (a resumed run's): not logged again
-        self.history: list[dict[str, float]] = []
-        self.log_seconds = 0.0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-epoch-log")
-        self._pending: list[Future] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._start
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        metrics.update(epoch_seconds=seconds, samples_per_second=self.samples / seconds)
-        self.history.append(metrics)
-        number = epoch + 1  # Keras' index -> the epoch's number (step)
-        self._submit(metrics, number)
-        if not math.isfinite(metrics.get("loss", 0.0)):
-            self.close()
-            raise TrainingDiverged(f"loss is {metrics['loss']} after epoch {number}: training diverged"
-                                   " (lower optimizer.lr)")
-
-    def replay(self, history: list[dict[str, float]]) -> None:
-        """A resumed run's earlier epochs: its history, and to MLflow the steps the run lacks (all
-        of them in a retried trial's new run; none, or the last few an interruption lost before they
-        were sent, in the run it continues)."""
-        self.history = [dict(m) for m in history]
-        for step, metrics in enumerate(self.history, start=1):
-            self._submit(metrics, step)
-
-    def tag(self, key: str, value: str) -> None:
-        """A tag on the run, set in the background thread like the metrics (its failure surfaces in
-        ``close``)."""
-        self._pending.append(self._pool.submit(self.client.set_tag, self.run_id, key, value))
-
-    def _submit(self, metrics: dict[str, float], step: int) -> None:
-        if step in self.logged:  # a resumed run recomputes an epoch the interruption had logged:
-            return  # the same values (deterministic), logged once
-        self.logged.add(step)
-        self._pending.append(self._pool.submit(self._log, metrics, step))
-
-    def _log(self, metrics: dict[str, float], step: int) -> None:
-        start = time.perf_counter()
-        tracking.log_metrics(self.client, self.run_id, metrics, step=step)
-        self.log_seconds += time.perf_counter() - start
-
-    def close(self, quiet: bool = False) -> None:
-        """Wait for every pending MLflow call; re-raise the first failure unless ``quiet``."""
-        pending, self._pending = self._pending, []
-        errors = [f.exception() for f in pending]
-        self._pool.shutdown(wait=True)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-epoch-log")
-        first = next((e for e in errors if e is not None), None)
-        if first is not None and not quiet:
-            raise first
 
 
 def make_optimizer(opt_cfg: DictConfig) -> keras.optimizers.Optimizer:
@@ -125,81 +54,6 @@ def make_optimizer(opt_cfg: DictConfig) -> keras.optimizers.Optimizer:
         reason = " ".join(str(exc).split())
         raise ConfigError(f"optimizer._target_={kwargs.get('_target_')} cannot be built from the "
                           f"optimizer group's keys: {reason}") from None
-
-
-def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np.ndarray], np.ndarray],
-                splits: data.Splits, history: list[dict[str, float]]) -> None:
-    """Artifacts ``figures/`` (curves, confusion matrix, misclassified images) and metrics
-    ``test_accuracy_<class>``, from one prediction pass over the test set. Pictures never fail a run."""
-    start = time.perf_counter()
-    try:
-        from lenet_sweep import figures
-
-        y_pred = predict_classes(splits.x_test)
-        with tempfile.TemporaryDirectory() as tmp:
-            per_class = figures.write_run_figures(Path(tmp), history, splits.y_test, y_pred,
-                                                  splits.x_test, splits.class_names)
-            client.log_artifacts(run_id, tmp, "figures")
-        metrics = {f"test_accuracy_{figures.slug(k)}": v for k, v in per_class.items()}
-        metrics["figures_seconds"] = time.perf_counter() - start
-        tracking.log_metrics(client, run_id, metrics, step=len(history))
-    except Exception as exc:  # a picture is not worth a failed run; a full disk fails the next write
-        if tracking.write_error(exc):  # anyway: one error line, not a warning first
-            raise
-        log.warning("run figures not written: %s: %s", type(exc).__name__, exc)
-
-
-def record_start(client: MlflowClient, run_id: str, cfg: DictConfig, model: keras.Model,
-                 splits: data.Splits, summary: str, later: tuple[str, ...] = ()) -> None:
-    """What a run records before training: params, provenance, the model table, the config.
-    ``later``: params known only once training starts (a shared-batches trial's
-    ``trainer.stream_position``), logged then with :func:`record_param`."""
-    params = {k: v for k, v in tracking.flat_params(cfg).items() if k not in later}
-    tracking.log_params(client, run_id, {**params, "num_params": model.count_params()})
-    provenance.log_run(client, run_id, cfg, model, splits)  # versions, commit, threads, data
-    client.log_text(run_id, summary, "model_summary.txt")
-    log_config(client, run_id, cfg)
-
-
-def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
-    """The resolved config as the run's ``config.yaml`` (what a rerun trains)."""
-    client.log_text(run_id, tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-
-
-def record_param(client: MlflowClient, run_id: str, cfg: DictConfig, key: str, value) -> None:
-    """Set ``key`` in ``cfg``, log it as a param and ``config.yaml`` again (a key ``record_start``
-    left for later)."""
-    OmegaConf.update(cfg, key, value)
-    tracking.log_params(client, run_id, {key: value})
-    log_config(client, run_id, cfg)
-
-
-def record_end(client: MlflowClient, run_id: str, model: keras.Model, splits: data.Splits,
-               history: list[dict[str, float]], test: dict[str, float],
-               predict_classes: Callable[[np.ndarray], np.ndarray], *, xla: bool, stopped: bool,
-               output_dir: Path | None) -> dict[str, float]:
-    """What a run records after training: the XLA choice, test metrics, pictures (not for a run
-    stopped early: a pruned trial), the weights and Hydra's ``.hydra/`` files. Returns the final
-    epoch's metrics plus ``test_loss``, ``test_accuracy``, ``train_seconds`` (its epochs' seconds)
-    and ``num_params``: what an ``objective`` may name."""
-    client.set_tag(run_id, "xla", str(xla).lower())  # the choice trainer.jit_compile=null made
-    metrics = {**history[-1], **{f"test_{k}": float(v) for k, v in test.items()},
-               "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history),
-               "num_params": float(model.count_params())}
-    tracking.log_metrics(client, run_id, {k: metrics[k] for k in ("test_loss", "test_accuracy", "train_seconds",
-                                                                  "num_params")},
-                         step=len(history))  # at the last epoch's step
-    if stopped:
-        log.info("training stopped early: figures/ not written")
-    else:
-        log_figures(client, run_id, predict_classes, splits, history)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "lenet.weights.h5"
-        model.save_weights(weights)
-        client.log_artifact(run_id, str(weights))
-    if output_dir is not None and (output_dir / ".hydra").is_dir():
-        tracking.log_redacted_dir(client, run_id, output_dir / ".hydra", ".hydra")
-    return metrics
 
 
 #: iterators Keras ``fit`` makes of a dataset of known length per epoch (Keras 3's EpochIterator: one
@@ -374,17 +228,15 @@ def _reopen(client: MlflowClient, run_id: str, source: str) -> None:
         client.delete_tag(run_id, "error")
 
 
-def _saver(folder: Path, model: keras.Model, logger: EpochLogger, run_id: str,
-           config: dict[str, str]) -> Callable:
-    """``save(LoopState)``: the run's checkpoint into ``folder``; ``save.seconds``: time spent."""
+def _saver(folder: Path, model: keras.Model, record: RunRecord, config: dict[str, str]) -> Callable:
+    """``save(LoopState)``: the run's checkpoint into ``folder`` (its time: ``record.checkpoint_seconds``)."""
     def save(loop) -> None:
         start = time.perf_counter()
         weights, optimizer = checkpoint.model_state(model)
-        checkpoint.Checkpoint(loop.epoch, weights, optimizer, logger.history, config, run_id,
+        checkpoint.Checkpoint(loop.epoch, weights, optimizer, record.history, config, record.run_id,
                               loop.rng, loop.jit).write(folder)
-        save.seconds += time.perf_counter() - start
+        record.checkpoint_seconds += time.perf_counter() - start
 
-    save.seconds = 0.0
     return save
 
 
@@ -401,7 +253,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
 
     The run's phases (``phase.*_seconds``, :mod:`lenet_sweep.runtime`) are logged before it ends.
 
-    Returns what :func:`record_end` returns.
+    Returns what :func:`lenet_sweep.run_record.record_end` returns.
     """
     started = time.time()
     phases = runtime.Phases()
@@ -444,46 +296,33 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
     folder = None
     if tc.checkpoint:
         folder = Path(tc.checkpoint_dir).expanduser() if tc.checkpoint_dir else output_dir
-    with tracking.open_run(client, cfg.mlflow.experiment_name, run_id, cfg.mlflow.run_name,
-                           tags) as run_id:
-        if not continues:
-            record_start(client, run_id, cfg, model, splits, summary)
+    with tracking.sigterm_as_exit():
+        run_id = tracking.create_run(client, cfg.mlflow.experiment_name, run_id, cfg.mlflow.run_name, tags)
         logged = {m.step for m in client.get_metric_history(run_id, "epoch_seconds")} if continues else ()
-        logger = EpochLogger(client, run_id, len(splits.x_train), logged)
-        save = _saver(folder, model, logger, run_id, checkpoint.fingerprint(cfg)) if folder else None
-        loop = None
-        if ckpt is not None:
-            from lenet_sweep.fast_fit import LoopState
-
-            checkpoint.restore_model(model, ckpt)
-            loop = LoopState(ckpt.epoch, ckpt.rng, ckpt.jit)
-            logger.replay(ckpt.history)
-            for callback in callbacks:
-                getattr(callback, "replay", lambda history: None)(ckpt.history)
-            if save is not None:  # this job's folder holds the newest resume point from now on
-                save(loop)
+        record = RunRecord(client, run_id, cfg, len(splits.x_train), phases, logged, checkpoints=(folder, source))
         try:
-            test, predict_classes, xla = _fit_and_test(model, cfg, splits, [logger, *callbacks], loop, save,
-                                                       phases)
-        except BaseException as exc:
-            logger.close(quiet=True)  # the run's status is set next; no epoch metric may land after it
-            phases.log(client, run_id, step=len(logger.history), quiet=True)
-            if isinstance(exc, UserError) and not tc.keep_checkpoint:  # diverged: so would a resume
-                for where in (folder, source):
-                    checkpoint.remove(where)
-            raise  # interrupted (Ctrl-C, SIGTERM) or crashed: the checkpoint stays, to resume from
-        logger.close()
-        metrics = record_end(client, run_id, model, splits, logger.history, test, predict_classes,
-                             xla=xla, stopped=model.stop_training, output_dir=output_dir)
-        if save is not None and save.seconds:
-            tracking.log_metrics(client, run_id, {"checkpoint_seconds": save.seconds},
-                                 step=len(logger.history))
-        phases.log(client, run_id, step=len(logger.history))
-    if not tc.keep_checkpoint:  # the run ended: no resume point is left behind
-        for where in (folder, source):
-            checkpoint.remove(where)
+            if not continues:
+                record.start(model, splits, summary)
+            save = _saver(folder, model, record, checkpoint.fingerprint(cfg)) if folder else None
+            loop = None
+            if ckpt is not None:
+                from lenet_sweep.fast_fit import LoopState
+
+                checkpoint.restore_model(model, ckpt)
+                loop = LoopState(ckpt.epoch, ckpt.rng, ckpt.jit)
+                record.logger.replay(ckpt.history)
+                for callback in callbacks:
+                    getattr(callback, "replay", lambda history: None)(ckpt.history)
+                if save is not None:  # this job's folder holds the newest resume point from now on
+                    save(loop)
+            test, predict_classes, xla = _fit_and_test(model, cfg, splits, [record.logger, *callbacks], loop,
+                                                       save, phases)
+            metrics = record.finish(model, splits, test, predict_classes, xla=xla, stopped=model.stop_training,
+                                    output_dir=output_dir)
+        except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM: KILLED, the checkpoint stays, to
+            record.fail(exc)  # resume from), crashed (FAILED, it stays) or diverged (FAILED, it goes)
+            raise
     if not _in_sweep():  # a sweep prints one line per trial itself
         log.info(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
                  f"mlflow_run_id={run_id}")
-    registry.register_if_asked(client, run_id, cfg)  # mlflow.register=true; never fails the run
     return metrics

@@ -73,7 +73,7 @@ class TrialPayload:
         return cls(**fields)
 
 
-#: what every epoch logs (lenet_sweep.train.EpochLogger's logs)
+#: what every epoch logs (lenet_sweep.run_record.EpochLogger's logs)
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 #: the trial's system attr counting its epochs reported when no intermediate value is (the stall watch's)
 PROGRESS_ATTR = "epochs_reported"

@@ -51,10 +51,13 @@ def test_wrong_types_and_unknown_keys_fail_at_compose_time(override):
     ("data.validation_split=0", "data.validation_split"),
     ("data.validation_split=1.0", "data.validation_split"),
     ("data.train_limit=3", "data.train_limit"), ("objective=val_acc", "objective"),
+    ("trainer.stream_seed=1 trainer.stream_position=-1", "trainer.stream_position"),
+    ("trainer.stream_position=2", "trainer.stream_position"),  # a position needs its stream's seed
+    ("trainer.stream_seed=1 trainer.fast=false", "trainer.stream_seed"),  # Keras fit shuffles by its own
 ])
 def test_out_of_range_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key}="):
-        validate(compose_cfg([override]))
+        validate(compose_cfg(override.split()))
 
 
 @pytest.mark.parametrize("overrides", [["optimizer.name=rmsprop"], ["optimizer.name=adam"],

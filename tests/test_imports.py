@@ -17,6 +17,7 @@ import pytest
 RULES = {
     "lenet_sweep.model": ["mlflow", "optuna", "lenet_sweep.sweep", "lenet_sweep.tracking"],
     "lenet_sweep.packed": ["mlflow", "optuna", "lenet_sweep.sweep", "lenet_sweep.tracking"],
+    "lenet_sweep.run_record": ["optuna", "lenet_sweep.sweep", "lenet_sweep.trial", "lenet_sweep.train"],
     "lenet_sweep.train": ["optuna", "lenet_sweep.sweep", "lenet_sweep.trial"],
     "lenet_sweep.pack_worker": ["lenet_sweep.sweep"],
     "lenet_sweep.config": ["mlflow", "optuna", "tensorflow"],
@@ -31,8 +32,8 @@ RULES = {
     "hydra_plugins.lenet_sweep_optuna.optuna_sweeper": ["tensorflow", "lenet_sweep.train"],
     "hydra_plugins.lenet_sweep_optuna.pool_launcher": ["tensorflow", "lenet_sweep.train"],
 }
-#: the first four import TensorFlow; the rest must not
-CHAINS = [list(RULES)[:4], list(RULES)[4:]]
+#: the first five import TensorFlow; the rest must not
+CHAINS = [list(RULES)[:5], list(RULES)[5:]]
 
 PROBE = """
 import importlib, json, sys

@@ -41,6 +41,9 @@ def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
         assert {"lenet.weights.h5", "figures", "config.yaml", ".hydra", "model_summary.txt"} <= artifacts
         slot, size = child.data.tags["pack"].split("/")
         assert size == "4"
+        # the slot convolutions' formulations the pack ran (one per convolution, from slot_layers')
+        forms = child.data.tags["pack_formulation"].split(",")
+        assert len(forms) == 2 and set(forms) <= {"depthwise", "per_slot", "patches", "grouped"}
         slots.append(slot)
     assert len(set(slots)) == 4 and len(slots) == 6  # four slots, two of them refilled
 

@@ -35,6 +35,7 @@ def assert_nothing_created(tmp_path):
 @pytest.mark.parametrize("override, fragments", [
     ("hydra.sweeper.grace_period=5", ["hydra.sweeper.grace_period=5 is invalid: must be longer"]),
     ("hydra.launcher.pack=0", ["hydra.launcher.pack=0 is invalid: trials per worker must be >= 1"]),
+    ("hydra.launcher.batches=same", ["hydra.launcher.batches=same is invalid: independent", "or shared"]),
     ("hydra.sweeper.sampler=grid", ["hydra.sweeper.sampler=grid is now a config group: write "
                                     "hydra/sweeper/sampler=grid"]),
     ("hydra.sweeper.pruner.name=none", ["write hydra/sweeper/pruner=none"]),

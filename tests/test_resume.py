@@ -285,7 +285,7 @@ def train_slot(small, model_cfg, slot, neighbours, epochs, resume=None, save_aft
 
 def test_a_packed_slot_resumes_exactly_in_another_pack_of_its_size_and_slot(small, tmp_path):
     """The slot is saved after one epoch of three and continued in a new pack of four, beside other
-    trials and in another slot: the same logs and weights, bit for bit, as the slot never stopped
+    trials and in another slot: the same training logs and weights, bit for bit, as the slot never stopped
     (a slot's arithmetic does not depend on its neighbours or its place: measured; in a pack of
     another size the kernels differ and it continues equal up to float rounding)."""
     model_cfg = compose_cfg(["model.activation=relu"]).model
@@ -294,8 +294,14 @@ def test_a_packed_slot_resumes_exactly_in_another_pack_of_its_size_and_slot(smal
     whole, weights = train_slot(small, model_cfg, 2, first, epochs=3)
     train_slot(small, model_cfg, 2, first, epochs=3, save_after=1, folder=tmp_path)
     resumed, resumed_weights = train_slot(small, model_cfg, 0, others, epochs=3, resume=tmp_path)
-    assert resumed == whole[1:]
     assert all(np.array_equal(a, b) for a, b in zip(weights, resumed_weights))
+    assert [{k: m[k] for k in ("loss", "accuracy")} for m in resumed] == [
+        {k: m[k] for k in ("loss", "accuracy")} for m in whole[1:]]
+    # validation runs the slot's weights through the evaluation graph, whose one-stream first
+    # convolution (6·K output channels) puts this slot's channels elsewhere in the vector registers: on
+    # an AVX2 CPU its sums came out 2e-7 apart (a float32 ulp at 1.1); 1e-6 is a few ulps
+    for got, want in zip(resumed, whole[1:]):
+        assert got == pytest.approx(want, rel=1e-6)
 
 
 #: smooth (sigmoid, softmax, normalised pixels): packed and unpacked kernels stay within float rounding
