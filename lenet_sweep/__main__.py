@@ -48,20 +48,17 @@ def main(cfg: DictConfig) -> float:
 
         tracking.check_store(cfg.mlflow)  # an unreachable tracking store is one line, in a second
         from lenet_sweep.train import train  # imports TensorFlow, its start-up lines filtered
+        from lenet_sweep.trial import Job
 
-        payload = None
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep trial has its payload in its folder
-            from lenet_sweep.trial import TrialPayload
-
-            payload = TrialPayload.read(HydraConfig.get().runtime.output_dir)
-        if payload is None:
-            return objective_value(train(cfg), cfg.objective)
+        job = Job.from_hydra()  # what this run is, decided here once
+        if job.payload is None:
+            return objective_value(train(cfg, job=job), cfg.objective)
         from lenet_sweep.train import PruningCallback
         from lenet_sweep.trial import Reporter
 
-        reporter = Reporter(payload)
-        metrics = train(cfg, callbacks=[PruningCallback(reporter.report, payload.monitor)],
-                        run_id=payload.run_id)
+        reporter = Reporter(job.payload)
+        metrics = train(cfg, callbacks=[PruningCallback(reporter.report, job.payload.monitor)],
+                        run_id=job.payload.run_id, job=job)
         reporter.raise_if_pruned()  # after the run is recorded; the sweeper tells Optuna PRUNED
         return objective_value(metrics, cfg.objective)
     except Exception as exc:

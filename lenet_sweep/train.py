@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from lenet_sweep.quiet import import_tensorflow
 
@@ -22,6 +22,9 @@ from lenet_sweep.config import ConfigError, validate
 from lenet_sweep.model import format_shape_table
 from lenet_sweep.quiet import startup_lines_filtered
 from lenet_sweep.run_record import RunRecord
+
+if TYPE_CHECKING:
+    from lenet_sweep.trial import Job
 
 log = logging.getLogger(__name__)
 _IMPORT = {"span": (_IMPORT_STARTED, time.time())}  # popped by the first run of this process
@@ -110,23 +113,6 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits, call
             lambda x: model.predict(x, batch_size=1024, verbose=0).argmax(axis=-1), bool(tc.jit_compile))
 
 
-def _in_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _hydra_dir() -> tuple[Path | None, str]:
-    """Hydra's output folder and the overrides of this job, when run under Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None, ""
-    hc = HydraConfig.get()
-    return Path(hc.runtime.output_dir), " ".join(hc.overrides.task)
-
-
 class PruningCallback(keras.callbacks.Callback):
     """Hands each epoch's ``monitor`` value to ``report(epoch, value)`` (``epoch`` counted from 1: the
     Optuna step) and stops training at the end of the epoch when it answers True (a sweep's pruner:
@@ -167,29 +153,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.save(LoopState(epoch + 1))
 
 
-def _payload(output_dir: Path | None):
-    """This job's :class:`~lenet_sweep.trial.TrialPayload` when it is a sweep trial, else None."""
-    if output_dir is None or not _in_sweep():
-        return None
-    from lenet_sweep.trial import TrialPayload
-
-    return TrialPayload.read(output_dir)
-
-
-def _resume_source(cfg: DictConfig, output_dir: Path | None,
-                   resume_from: str | None, payload=None) -> tuple[str | None, bool]:
+def _resume_source(cfg: DictConfig, job: Job, resume_from: str | None) -> tuple[str | None, bool]:
     """Where this run resumes from, and whether the user named it (``trainer.resume``: a missing
     checkpoint is an error) or a sweeper did (a retried trial: its failed attempt may have died
     before its first epoch end, and then the trial starts afresh)."""
     if resume_from is not None:
         return str(resume_from), False
-    if cfg.trainer.resume and _in_sweep():
+    if cfg.trainer.resume and job.multirun:
         raise ConfigError(f"trainer.resume={cfg.trainer.resume} continues one run, not a sweep's trials "
                           "(a sweep's retried trial resumes from its failed attempt by itself)")
-    if payload is None:
-        payload = _payload(output_dir)
-    if payload is not None and payload.resume_from:
-        return payload.resume_from, False
+    if job.payload is not None and job.payload.resume_from:
+        return job.payload.resume_from, False
     if cfg.trainer.resume:
         from hydra.core.hydra_config import HydraConfig
         from hydra.utils import to_absolute_path
@@ -241,7 +215,7 @@ def _saver(folder: Path, model: keras.Model, record: RunRecord, config: dict[str
 
 
 def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
-          run_id: str | None = None, resume_from: str | None = None) -> dict[str, float]:
+          run_id: str | None = None, resume_from: str | None = None, job: Job | None = None) -> dict[str, float]:
     """Train and evaluate one configuration; every param, metric and artifact goes to MLflow, into
     a new run or into ``run_id`` (a sweep trial's child run, created by the sweeper).
 
@@ -253,24 +227,29 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
 
     The run's phases (``phase.*_seconds``, :mod:`lenet_sweep.runtime`) are logged before it ends.
 
+    ``job``: what this run is (:class:`lenet_sweep.trial.Job`; None: read from Hydra here).
+
     Returns what :func:`lenet_sweep.run_record.record_end` returns.
     """
     started = time.time()
     phases = runtime.Phases()
     validate(cfg)
+    if job is None:  # (imported here: a run outside a sweep loads nothing of the sweep protocol)
+        from lenet_sweep.trial import Job
+
+        job = Job.from_hydra()
     if cfg.trainer.verbose is None:  # null: Keras' progress for a single run, silence in a sweep's trial
-        cfg.trainer.verbose = 0 if _in_sweep() else 1  # (the sweep prints a line per trial)
+        cfg.trainer.verbose = 0 if job.multirun else 1  # (the sweep prints a line per trial)
     splits = runtime.splits(cfg.data)  # missing/corrupt data fails here, before any MLflow run exists
     tc = cfg.trainer
-    output_dir, overrides = _hydra_dir()
-    payload = _payload(output_dir)
-    written_at = payload.written_at if payload is not None else None
+    output_dir = job.output_dir
+    written_at = job.payload.written_at if job.payload is not None else None
     imported = _import_seconds(written_at)
     phases.add("setup", imported)
     wait = runtime.waited(written_at, started, busy=imported)
     if wait is not None:
         phases.add("wait_slot", wait)
-    source, named = _resume_source(cfg, output_dir, resume_from, payload)
+    source, named = _resume_source(cfg, job, resume_from)
     ckpt = _load_checkpoint(source, named, cfg) if source else None  # also before any run exists
     with startup_lines_filtered():  # the first device query prints CUDA start-up lines
         device = devices.configure()
@@ -286,7 +265,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
 
     client = runtime.client(cfg.mlflow)
     continues = ckpt is not None and run_id is None and ckpt.run_id is not None  # its own run again
-    tags = {"hydra.overrides": tracking.redact(overrides), "device": device}
+    tags = {"hydra.overrides": tracking.redact(job.overrides), "device": device}
     if continues:
         run_id = ckpt.run_id
         _reopen(client, run_id, source)
@@ -322,7 +301,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
         except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM: KILLED, the checkpoint stays, to
             record.fail(exc)  # resume from), crashed (FAILED, it stays) or diverged (FAILED, it goes)
             raise
-    if not _in_sweep():  # a sweep prints one line per trial itself
+    if not job.multirun:  # a sweep prints one line per trial itself
         log.info(f"test_accuracy={metrics['test_accuracy']:.4f} test_loss={metrics['test_loss']:.4f} "
                  f"mlflow_run_id={run_id}")
     return metrics

@@ -73,6 +73,31 @@ class TrialPayload:
         return cls(**fields)
 
 
+@dataclass(frozen=True)
+class Job:
+    """What this process's run is, decided once at the entry (:mod:`lenet_sweep.__main__`) and
+    passed down: Hydra's output folder and task overrides (None, "" outside Hydra: the Python API),
+    whether it is one job of a multirun (a sweep: no progress bar, no result line), and its sweep
+    trial's payload (None: not a trial of this project's sweeper, e.g. Hydra's basic sweeper)."""
+
+    output_dir: Path | None = None
+    overrides: str = ""
+    multirun: bool = False
+    payload: TrialPayload | None = None
+
+    @classmethod
+    def from_hydra(cls) -> "Job":
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return cls()
+        hc = HydraConfig.get()
+        output_dir, multirun = Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
+        return cls(output_dir, " ".join(hc.overrides.task), multirun,
+                   TrialPayload.read(output_dir) if multirun else None)
+
+
 #: what every epoch logs (lenet_sweep.run_record.EpochLogger's logs)
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 #: the trial's system attr counting its epochs reported when no intermediate value is (the stall watch's)
