@@ -135,10 +135,15 @@ def alive(pid: int) -> bool:
         return False
 
 
-def sweep_args(tmp_path, *extra, n_trials=3, register=False):
+def sweep_args(tmp_path, *extra, n_trials=3, register=False, pruner="median"):
     """A sweep on tiny data whose stores (journal, SQLite, sweep folder) are all in ``tmp_path``.
     ``register``: the sweep registers its winner, as by default (seconds of a worker's time at its end,
-    so only the tests that look at the registry ask for it)."""
+    so only the tests that look at the registry ask for it). ``pruner``: unless ``extra`` chooses one,
+    the median pruner (its 5 start-up trials: a test's few trials are never pruned unless the test asks,
+    so no pruned trial passes for a scheduling one); None: the default (successive halving, which may
+    prune from epoch 2 on; the session's calm sweep runs under it)."""
+    if pruner and not any(arg.startswith("hydra/sweeper/pruner=") for arg in extra):
+        extra = (f"hydra/sweeper/pruner={pruner}", *extra)
     return ["-m", "hydra/sweeper=optuna", f"hydra.sweeper.n_trials={n_trials}", *TINY,
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             f"hydra.sweeper.storage={tmp_path}/optuna.journal", f"hydra.sweep.dir={tmp_path}/multirun",
@@ -177,7 +182,8 @@ def calm_sweep(tmp_path_factory):
     (folder / "bin" / "git").write_text(f'#!/bin/sh\necho "$PPID $*" >> {folder}/git_calls\n'
                                         f'exec {shutil.which("git")} "$@"\n')
     (folder / "bin" / "git").chmod(0o755)
-    proc = run_cli(sweep_args(folder, *CALM, "hydra.sweeper.n_jobs=4", register=True), folder, probe_tensorflow=True,
+    proc = run_cli(sweep_args(folder, *CALM, "hydra.sweeper.n_jobs=4", register=True, pruner=None), folder,
+                   probe_tensorflow=True,
                    env={"PATH": f"{folder}/bin:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(folder=folder, proc=proc, uri=f"sqlite:///{folder}/mlflow.db",

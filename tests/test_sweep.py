@@ -39,6 +39,8 @@ def test_three_trial_sweep_then_resume_adds_exactly_one(calm_sweep, tmp_path):
 
     [parent], children = parents_and_children(client)
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study_name"] == "lenet_sweep"
+    # the default pruner (chosen for packed sweeps: docs/benchmarks.md, benchmarks/pruner_study.py)
+    assert parent.data.tags["optuna.pruner"] == "successive_halving"
     assert sorted(c.info.run_name for c in children) == ["trial-0", "trial-1", "trial-2"]
     for run in (parent, *children):  # MLflow's own context: the UI's "Created by" and "Source"
         assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"

@@ -464,6 +464,9 @@ class Suite:
                f"mlflow.tracking_uri={tracking}", f"mlflow.experiment_name={experiment}",
                f"hydra.sweep.dir={cwd}/multirun", "trainer.jit_compile=false",
                "hydra.sweeper.max_failure_rate=1.0",  # a sampled lr that diverges must not end a scenario
+               # the median pruner (5 start-up trials): a scenario's few trials are never pruned, so a
+               # retried trial's COMPLETE is its retry's doing (the default, successive halving, may prune)
+               *([] if any(a.startswith("hydra/sweeper/pruner=") for a in extra) else ["hydra/sweeper/pruner=median"]),
                *data_args, *extra]
         return self.spawn(cmd, cwd, "sweeper")
 

@@ -150,7 +150,7 @@ class SweepRunner:
         self.pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
         choices = config.hydra.runtime.choices
         self.sampler_name = choices.get("hydra/sweeper/sampler", "tpe")
-        self.pruner_name = choices.get("hydra/sweeper/pruner", "median")
+        self.pruner_name = choices.get("hydra/sweeper/pruner", "successive_halving")
         try:
             settings.check(self.s)
             self.directions = settings.directions(self.s["direction"], self.objectives)
