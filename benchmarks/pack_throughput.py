@@ -75,7 +75,7 @@ def _data(images: int):
     import numpy as np
 
     from lenet_sweep import data
-    (x, y), _ = data.load_arrays(data.find_dir(None))
+    (x, y), _ = data.load_arrays(data.find_dir(os.environ.get("PACK_DATA_DIR")))  # None: the usual places
     return x[:images].reshape(-1, 28, 28, 1).astype(np.float32) / 255.0, y[:images].astype(np.int32)
 
 
@@ -135,6 +135,27 @@ def _parse(arm: str) -> tuple[int, str, str, str]:
     return int(k), activations, formulation, batches
 
 
+def gpu_peak_mib() -> float | None:
+    """The first GPU's peak memory use in this process (MiB), None without a GPU."""
+    import tensorflow as tf
+
+    if not tf.config.list_logical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+
+PEAK_MIB: dict[str, float] = {}  # arm -> its worker's GPU peak memory
+
+
+def device_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def run_one(arm: str, args) -> float:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--worker", arm, "--images", str(args.images), "--batch",
@@ -142,8 +163,10 @@ def run_one(arm: str, args) -> float:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             sys.exit(f"{arm} failed:\n{proc.stderr[-3000:]}")
-        rates = json.loads(Path(out.name).read_text())
-    return statistics.median(rates[1:])  # the first epoch traces
+        result = json.loads(Path(out.name).read_text())
+    if result["peak_mib"] is not None:
+        PEAK_MIB[arm] = result["peak_mib"]
+    return statistics.median(result["rates"][1:])  # the first epoch traces
 
 
 def main() -> None:
@@ -166,7 +189,7 @@ def main() -> None:
     if args.worker:
         rates = (fast_path(args.images, args.batch, args.epochs) if args.worker == "fast" else
                  pack(args.worker, args.images, args.batch, args.epochs))
-        Path(args.out).write_text(json.dumps(rates))
+        Path(args.out).write_text(json.dumps({"rates": rates, "peak_mib": gpu_peak_mib()}))
         return
     from omegaconf import OmegaConf
 
@@ -181,17 +204,29 @@ def main() -> None:
     peak, how = peak_gflops()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), "?")
-    print(f"CPU: {model}; fp32 peak {peak:.0f} GFLOP/s ({how}); {flops / 1e6:.2f} MFLOP per training sample")
+    gpu = device_name()
+    print(f"CPU: {model}; fp32 peak {peak:.0f} GFLOP/s ({how}); {flops / 1e6:.2f} MFLOP per training sample"
+          + (f"\nGPU: {gpu} (the % of peak column is the CPU's)" if gpu else ""))
     print(f"batch {args.batch}, {args.images} images, epoch 2..{args.epochs} timed, median of {args.repeats}\n")
     base = statistics.median(results["fast"])
     print("| arm | K | activations | formulation | batches | trial-samples/s | x fast path | GFLOP/s "
-          "| % of peak |\n|---|---|---|---|---|---|---|---|---|")
+          "| % of peak |" + (" GPU peak MiB |" if PEAK_MIB else "") + "\n|---|---|---|---|---|---|---|---|---|"
+          + ("---|" if PEAK_MIB else ""))
     for arm in arms:
         rate = statistics.median(results[arm])
         name = "fast path (1 trial) | 1 | sigmoid | conv2d | own" if arm == "fast" else (
             "pack | " + " | ".join(map(str, _parse(arm))))
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {rate * flops / 1e9:.1f} | "
-              f"{100 * rate * flops / 1e9 / peak:.1f} |")
+              f"{100 * rate * flops / 1e9 / peak:.1f} |" + (f" {PEAK_MIB.get(arm, 0):,.0f} |" if PEAK_MIB else ""))
+    top = max(args.packs)
+    if 1 in args.packs and top > 1:
+        print()
+        for arm in arms:
+            if arm != "fast" and _parse(arm)[0] == top:
+                _, acts, form, batches = _parse(arm)
+                one = _arm(1, "sigmoid" if acts == "mixed" else acts, form, batches)
+                print(f"K={top} / K=1 ({acts}, {form}, {batches}): "
+                      f"{statistics.median(results[arm]) / statistics.median(results[one]):.2f}x")
 
 
 if __name__ == "__main__":
