@@ -7,6 +7,7 @@ same trial budget, data (the first --images training images, raw pixels, batch 3
 (3 startup trials, no warm-up), each into its own temporary stores:
   default      python -m lenet_sweep -m hydra/sweeper=optuna            (packed: pack chosen from the devices)
   pack=1       ... hydra.launcher.pack=1                                 (one trial per worker)
+  default, its own pruner: the command alone (successive halving, not the median pruner)
   pack=K       ... hydra.launcher.pack=K hydra.sweeper.n_jobs=K          (K trials in one fused graph)
   plain Optuna optuna.create_study + study.optimize, Keras fit one epoch at a time, trial.report and
                should_prune (no tracking): what a user writes by hand
@@ -123,7 +124,8 @@ def main() -> None:
     if args.plain_arm:
         return plain_optuna(args)
     arms = [lenet_sweep_arm("pack=1 (unpacked)", ["hydra.launcher.pack=1"], args),
-            lenet_sweep_arm("default (packed)", [], args)]
+            lenet_sweep_arm("default (packed)", [], args),
+            lenet_sweep_arm("default, its own pruner", [], args, pruner=[])]  # the command as a user types it
     for k in args.packs:
         arms.append(lenet_sweep_arm(f"pack={k}", [f"hydra.launcher.pack={k}", f"hydra.sweeper.n_jobs={k}"], args))
     start = time.perf_counter()
