@@ -27,6 +27,7 @@ RULES = {
     "lenet_sweep.tracking": ["optuna", "tensorflow", "lenet_sweep.sweep"],
     "lenet_sweep.trial": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"],
     "lenet_sweep.report": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"],
+    "lenet_sweep.sweep.plan": ["tensorflow", "lenet_sweep.train", "lenet_sweep.model"],
     "lenet_sweep.sweep.runner": ["tensorflow", "lenet_sweep.train", "lenet_sweep.model"],
     "lenet_sweep.sweep.pack_pool": ["tensorflow", "lenet_sweep.train", "lenet_sweep.pack_worker"],
     "hydra_plugins.lenet_sweep_optuna.optuna_sweeper": ["tensorflow", "lenet_sweep.train"],

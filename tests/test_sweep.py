@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from conftest import (CALM, TINY, alive, all_runs, child_pids, compose_cfg, copy_stores, load,
                       parents_and_children, run_cli, sweep_args)
 from lenet_sweep.sweep.console import SweepConsole
+from lenet_sweep.sweep.plan import SweepPlan, search_space, sweep_settings
 from lenet_sweep.sweep.runner import SweepRunner
 
 
@@ -198,7 +199,8 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
 
     study = optuna.create_study(study_name="s", storage=open_optuna_storage(str(tmp_path / "j.journal")))
     runner = SweepRunner({"n_trials": 3, "params": {}})
-    runner.client, runner.sweep_dir, runner.n_trials = client, tmp_path, 3
+    runner.plan = SweepPlan(runner.settings, n_trials=3, sweep_dir=tmp_path)
+    runner.client = client
     runner.console = SweepConsole(3, ["val_accuracy"])
     exp = client.create_experiment("e")
     for value, reason in [(math.nan, "the objective is nan"), (math.inf, "the objective is inf"),
@@ -214,9 +216,10 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
 
 
 def test_command_line_fixes_or_sweeps_keys_of_the_config_space():
-    runner = SweepRunner({"params": {"optimizer": {"lr": "interval(0.01, 1.0)", "momentum": "interval(0, 0.9)"}}})
-    runner.config = compose_cfg([])  # the values are checked against the job's config
-    space, fixed, _ = runner._space(["optimizer.lr=0.3", "trainer.epochs=1", "trainer.epochs=choice(1,12)"])
+    params = sweep_settings({"params": {"optimizer": {"lr": "interval(0.01, 1.0)",
+                                                       "momentum": "interval(0, 0.9)"}}})["params"]
+    space, fixed, _ = search_space(params, compose_cfg([]),  # values checked against the job's config
+                                   ["optimizer.lr=0.3", "trainer.epochs=1", "trainer.epochs=choice(1,12)"])
     assert set(space) == {"optimizer.momentum", "trainer.epochs"}  # lr is fixed by the command line
     assert space["trainer.epochs"].choices == (1, 12)  # a sweep wins over a fixed value of its key
     assert fixed == ["optimizer.lr=0.3"]
@@ -225,7 +228,7 @@ def test_command_line_fixes_or_sweeps_keys_of_the_config_space():
 
 def test_a_failed_trials_error_unpickles_without_tensorflow():
     # the sweeper unpickles each failed job's exception; importing TensorFlow for it took 7 s
-    from lenet_sweep.train import TrainingDiverged
+    from lenet_sweep.config import TrainingDiverged
 
     probe = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], input=pickle.dumps(TrainingDiverged("nan")),
@@ -293,11 +296,10 @@ def test_a_failure_between_ask_and_launch_leaves_nothing_running(tmp_path, clien
     study = optuna.create_study(study_name="s", storage=open_optuna_storage(storage_url))
     runner = SweepRunner({"n_trials": 2, "params": {}, "timeout": None, "max_failure_rate": 0.5,
                           "retry_failed": 0})
-    runner.client, runner.launcher, runner.n_jobs, runner.n_trials = client, RefusingLauncher(), 1, 2
-    runner.in_flight, runner.pack = 1, 1  # what _start_workers resolves: one trial at a time, unpacked
-    runner.storage_url, runner.sweep_dir = storage_url, tmp_path / "multirun"
+    # one trial at a time, unpacked, no pruning (the plan's defaults)
+    runner.plan = SweepPlan(runner.settings, n_trials=2, storage_url=storage_url, sweep_dir=tmp_path / "multirun")
+    runner.client, runner.launcher, runner.in_flight = client, RefusingLauncher(), 1
     runner.config = OmegaConf.create({"objective": "val_accuracy"})
-    runner.pruner_config = {"_target_": "optuna.pruners.NopPruner", "_partial_": True}
     runner.experiment_id = client.create_experiment("e")
     runner.parent_id = client.create_run(runner.experiment_id).info.run_id
     with pytest.raises(RuntimeError, match="cannot start a job"):

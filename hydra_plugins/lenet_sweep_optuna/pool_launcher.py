@@ -44,14 +44,15 @@ class PoolLauncher(Launcher):
               config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
-    def start(self, n_jobs: int):
-        """The pool for ``n_jobs`` trials at once: ``n_jobs`` workers, or with ``pack`` K, n_jobs / K
-        workers of K slots (``n_workers`` when set)."""
+    def start(self, n_jobs: int, pack: int = 1):
+        """The pool for ``n_jobs`` trials at once: ``n_jobs`` workers, or with ``pack`` K (what the
+        sweeper's plan resolved ``hydra.launcher.pack`` to), n_jobs / K workers of K slots
+        (``n_workers`` when set)."""
         if self.pool is None:
-            if (self.pack or 1) > 1:
+            if pack > 1:
                 from lenet_sweep.sweep.pack_pool import PackPool
 
-                self.pool = PackPool(self.n_workers or -(-n_jobs // self.pack), self.pack)
+                self.pool = PackPool(self.n_workers or -(-n_jobs // pack), pack)
             else:
                 from lenet_sweep.sweep.pool import WorkerPool
 
@@ -70,7 +71,7 @@ class PoolLauncher(Launcher):
 
         from lenet_sweep import devices  # under another sweeper: n_workers, or one per GPU / 2 cores
 
-        self.pack = 1  # a packed worker hosts this project's sweep trials (lenet_sweep.trial) only
+        # unpacked: a packed worker hosts this project's sweep trials (lenet_sweep.trial) only
         pool = self.start(self.n_workers or devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1))
         returns = []
         for start in range(0, len(job_overrides), pool.n_workers):

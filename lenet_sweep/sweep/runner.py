@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -21,10 +20,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from lenet_sweep import devices, stores, tracking
-from lenet_sweep.config import UserError, flatten, objective_text, objectives as objective_list
-from lenet_sweep.packing import BATCHES, unpackable
-from lenet_sweep.sweep import liveness, runs, samplers, settings
+from lenet_sweep import stores, tracking
+from lenet_sweep.config import UserError, objective_text
+from lenet_sweep.sweep import liveness, runs
 from lenet_sweep.sweep.ask_lock import ask_lock
 from lenet_sweep.sweep.console import SweepConsole, params_text, values_text
 from lenet_sweep.sweep import study as studies
@@ -33,8 +31,8 @@ from lenet_sweep.sweep.phases import SweepPhases
 from lenet_sweep.sweep.stall import StallWatch
 from lenet_sweep.sweep.pool import JobFailed, WorkerDied
 from lenet_sweep.trial import PACK_ATTR, TrialPayload, monitor_for
-from lenet_sweep.sweep.space import (PARAMS, SearchSpaceError, check_values, entry_name, format_override,
-                                     override_key, parse_space, split_overrides)
+from lenet_sweep.sweep.plan import SweepError, SweepPlan, make_plan, sweep_settings
+from lenet_sweep.sweep.space import SearchSpaceError, format_override
 
 
 # ask/tell with a heartbeat is what this sweeper does on purpose; constant_liar and
@@ -44,10 +42,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 log = logging.getLogger(__name__)
-
-
-class SweepError(UserError):
-    """The sweep cannot start as configured: its one-line message names the key and the fix."""
 
 
 class SweepFailed(UserError, RuntimeError):
@@ -124,20 +118,15 @@ class BatchLauncher:
 
 
 class SweepRunner:
+    """One sweep: :meth:`setup` (Hydra's launcher), :meth:`sweep` (the plan, the stores, the loop, the
+    results). Everything decided before the first trial is in :attr:`plan` (frozen); the rest here is
+    the sweep's running state: the MLflow client and parent run, the launcher, the console."""
+
     def __init__(self, settings_: Mapping[str, Any]):
         """``settings_``: ``hydra.sweeper``'s keys (those not given take the schema's defaults)."""
-        s = {**settings.defaults(), **{k: getattr(v, "value", v) for k, v in settings_.items()}}  # enums -> names
-        params = s["params"]
-        params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
-        s["params"] = flatten(params or {})
-        self.s = s
-        self.extend_space = None  # hydra.sweeper.custom_search_space's function (setup)
+        self.settings = sweep_settings(settings_)
         self.phases = SweepPhases()
-
-    @property
-    def objectives(self) -> list[str]:
-        """The metrics ``objective`` names (one, or several: a multi-objective study)."""
-        return objective_list(self.config.objective)
+        self.plan: SweepPlan | None = None  # sweep() makes it
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
@@ -145,152 +134,63 @@ class SweepRunner:
         # notes from MLflow and Optuna in it
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        launcher = Plugins.instance().instantiate_launcher(
+        self.hydra_launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
-        self.pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
-        choices = config.hydra.runtime.choices
-        self.sampler_name = choices.get("hydra/sweeper/sampler", "tpe")
-        self.pruner_name = choices.get("hydra/sweeper/pruner", "successive_halving")
-        try:
-            settings.check(self.s)
-            self.directions = settings.directions(self.s["direction"], self.objectives)
-            if len(self.objectives) > 1 and self.sampler_name == "cmaes":
-                raise ValueError(f"hydra/sweeper/sampler=cmaes optimises one objective, not objective="
-                                 f"{objective_text(self.objectives)}: choose hydra/sweeper/sampler=tpe (or random, "
-                                 "qmc, gp, grid)")
-            self.s["pruner"]()  # bad pruner options fail here, before anything starts
-            self.extend_space = settings.custom_search_space(self.s["custom_search_space"])
-        except (ValueError, TypeError) as exc:
-            reason = " ".join(str(exc).split())
-            if isinstance(exc, TypeError) or self.pruner_name in reason:
-                raise SweepError(f"hydra/sweeper/pruner={self.pruner_name}: {reason}") from None
-            raise SweepError(reason) from None
-        if not monitor_for(self.objectives)[1] and self.pruner_name != "none":  # Trial.report would raise
-            shown = objective_text(self.objectives)
-            why = (f"objective={shown} has no value per epoch" if len(self.objectives) == 1 else
-                   f"Optuna prunes no trial of a study with several objectives (objective={shown})")
-            log.info(f"hydra/sweeper/pruner={self.pruner_name}: off, {why}; every trial trains all its epochs")
-            self.pruner_name, self.pruner_config = "none", OmegaConf.to_container(OmegaConf.structured(
-                settings.NopPrunerConf))
-        self.pack = getattr(launcher, "pack", 1)
-        if self.pack is None:  # hydra.launcher.pack=null (the default): from the devices
-            gpus = devices.visible_gpus()
-            self.pack = devices.default_pack(gpus, devices.gpu_memory_mib() if gpus else [],
-                                             config.data.batch_size)
-            chosen = f"chosen for {'GPU' if gpus else 'CPU'}"
-            if not launcher.asynchronous:
-                self.pack, chosen = 1, "hydra.launcher.asynchronous=false: batches of unpacked trials"
-            elif self.s["n_jobs"] and self.s["n_jobs"] < self.pack:  # n_jobs trials at once, no more
-                self.pack, chosen = self.s["n_jobs"], f"{chosen}, at most hydra.sweeper.n_jobs"
-            launcher.pack = self.pack
-            self.pack_note = f"hydra.launcher.pack={self.pack} ({chosen})"
-        else:
-            self.pack_note = None
-        if self.pack < 1 or (self.pack > 1 and not launcher.asynchronous):
-            raise SweepError(f"hydra.launcher.pack={self.pack} is invalid: trials per worker must be >= 1 "
-                             "(1: unpacked), and packing needs hydra.launcher.asynchronous=true")
-        batches = getattr(launcher, "batches", BATCHES[0])
-        if batches not in BATCHES:
-            raise SweepError(f"hydra.launcher.batches={batches} is invalid: independent (each packed trial its "
-                             "own batch orders) or shared (one batch stream per pack)")
-        workers = devices.default_n_jobs(devices.visible_gpus(), os.cpu_count() or 1)
-        self.n_jobs = self.s["n_jobs"] or workers * self.pack
-        n_workers = getattr(launcher, "n_workers", None)
-        if n_workers is not None and n_workers * self.pack < self.n_jobs:
-            slots = f" (x hydra.launcher.pack={self.pack} trials each)" if self.pack > 1 else ""
-            raise SweepError(f"hydra.launcher.n_workers={n_workers}{slots} is fewer than the "
-                             f"{self.n_jobs} trials hydra.sweeper.n_jobs runs at once; leave "
-                             f"hydra.launcher.n_workers null (it follows n_jobs) or set both to the same number")
-        self.pool_launcher = launcher if hasattr(launcher, "start") else None  # lenet_pool
-        if getattr(launcher, "asynchronous", False):
-            self.launcher = launcher
+        self.pool_launcher = self.hydra_launcher if hasattr(self.hydra_launcher, "start") else None  # lenet_pool
+        if getattr(self.hydra_launcher, "asynchronous", False):
+            self.launcher = self.hydra_launcher
         else:  # any other Hydra launcher runs batches of n_jobs
-            self.launcher = BatchLauncher(launcher)
-        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+            self.launcher = BatchLauncher(self.hydra_launcher)
 
-    # -- preparation -------------------------------------------------------------------------
-    def _space(self, arguments: list[str]):
-        """The search space: config entries, less keys fixed on the command line, plus command-line
-        sweeps (which win over a fixed value of the same key)."""
-        cli_space, fixed = split_overrides(arguments)
-        cli_keys = {k.lstrip("+") for k in cli_space}
-        fixed = [f for f in fixed if override_key(f) not in cli_keys]
-        fixed_keys = {override_key(f) for f in fixed}
-        space = parse_space({k: v for k, v in self.s["params"].items() if k not in fixed_keys})
-        space.update(parse_space(cli_space, prefix=""))
-        if not space:
-            raise SearchSpaceError("the search space is empty (hydra.sweeper.params and the command line): "
-                                   "give at least one entry, e.g. 'optimizer.lr=tag(log, interval(0.01, 1))'")
-        text = {**self.s["params"], **cli_space}
-        check_values(space, self.config,  # every value as the key's own would be, before anything exists
-                     {k: entry_name(k, text[k], "" if k in cli_space else PARAMS) for k in space})
-        return space, fixed, text
-
-    def _start_workers(self, space) -> None:
-        """Start lenet_pool's workers; with ``pack`` > 1, packed unless the trials cannot share a
-        pack (then as many unpacked workers as there would have been packs, and one line why)."""
-        self.in_flight = self.n_jobs  # trials kept running: n_jobs, and a packed pool's spares
-        if self.pool_launcher is None:
-            return
-        if self.pack > 1:
-            why = unpackable(self.config, space) or (
-                f"hydra.sweeper.custom_search_space={self.s['custom_search_space']} may suggest any key"
-                if self.extend_space else None)
-            if why:
-                self.pack_note = (f"{self.pack_note or f'hydra.launcher.pack={self.pack}'}: trials not packed "
-                                  f"({why}); one trial per worker")
-                if not self.s["n_jobs"]:  # the default n_jobs: one worker per pack there would have been
-                    self.n_jobs = -(-self.n_jobs // self.pack)
-                self.pool_launcher.pack = self.pack = 1
-        self.in_flight = self.n_jobs + getattr(self.pool_launcher.start(self.n_jobs), "spares", 0)
+    def _start_workers(self) -> None:
+        """Start lenet_pool's workers for the plan's n_jobs and pack; ``in_flight``: the trials kept
+        running (n_jobs, and a packed pool's spares)."""
+        plan = self.plan
+        self.in_flight = plan.n_jobs
+        if self.pool_launcher is not None:
+            pool = self.pool_launcher.start(plan.n_jobs, pack=plan.pack)
+            self.in_flight = plan.n_jobs + getattr(pool, "spares", 0)
 
     def sweep(self, arguments: list[str]) -> dict[str, Any] | None:
-        s = self.s
+        self.plan = plan = make_plan(self.settings, self.config, self.hydra_launcher, arguments)
+        s = plan.settings
         try:
-            space, fixed, space_text = self._space(arguments)
-            self._start_workers(space)
-            sampler = samplers.make_sampler(self.sampler_name, s["sampler"], s["seed"], space)
-            self.n_trials = s["n_trials"]
-            if self.sampler_name == "grid" and samplers.grid_size(space) < self.n_trials:
-                self.n_trials = samplers.grid_size(space)
-                log.info(f"hydra.sweeper.n_trials={s['n_trials']} is more than the grid's "
-                         f"{self.n_trials} points: the study ends at {self.n_trials} trials")
-            self.storage_url = s["storage"] or stores.default_optuna_storage()
-            stores.check_writable_dir(self.sweep_dir, "hydra.sweep.dir")
-            stores.check_optuna_storage(self.storage_url)
+            self._start_workers()  # they import TensorFlow while the stores are checked
+            stores.check_writable_dir(plan.sweep_dir, "hydra.sweep.dir")
+            stores.check_optuna_storage(plan.storage_url)
             tracking.check_store(self.config.mlflow)  # reachable; creates nothing
-            storage = stores.open_optuna_storage(self.storage_url, s["heartbeat_interval"],
+            storage = stores.open_optuna_storage(plan.storage_url, s["heartbeat_interval"],
                                                  s["grace_period"])
             self._check_direction(storage)
             self.client = tracking.client_for(self.config.mlflow)
-            study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=sampler,
-                                        directions=self.directions, load_if_exists=True)
+            study = optuna.create_study(study_name=s["study_name"], storage=storage, sampler=plan.sampler,
+                                        directions=plan.directions, load_if_exists=True)
         except (SearchSpaceError, ValueError, TypeError) as exc:  # a store's own errors are UserErrors
             raise SweepError(str(exc)) from None
-        if self.pack_note:  # said once the sweep's inputs are known good (else one error line alone)
-            log.info(self.pack_note)
+        for note in plan.notes:  # said once the sweep's inputs are known good (else one error line alone)
+            log.info(note)
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objectives
-            study.set_metric_names(self.objectives)
+            study.set_metric_names(self.plan.objectives)
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
         self._reap(study)
         runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], liveness.dead_here)
         if s["enqueue_seed_trial"]:  # under the ask lock: sweepers starting together enqueue it once
-            with ask_lock(study._storage, self.storage_url, study.study_name):
-                note = studies.enqueue_seed_trial(study, space, grid=self.sampler_name == "grid")
+            with ask_lock(study._storage, self.plan.storage_url, study.study_name):
+                note = studies.enqueue_seed_trial(study, plan.space, grid=plan.sampler_name == "grid")
             if note:
                 log.info(note)
-        tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.storage_url),
-                "optuna.sampler": self.sampler_name, "optuna.pruner": self.pruner_name,
-                "optuna.direction": ",".join(self.directions),
-                "optuna.search_space": json.dumps(space_text, default=str),
-                "sweep_dir": str(self.sweep_dir), "worker": liveness.WORKER}
+        tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.plan.storage_url),
+                "optuna.sampler": self.plan.sampler_name, "optuna.pruner": self.plan.pruner_name,
+                "optuna.direction": ",".join(self.plan.directions),
+                "optuna.search_space": json.dumps(plan.space_text, default=str),
+                "sweep_dir": str(self.plan.sweep_dir), "worker": liveness.WORKER}
         try:
             with tracking.open_run(self.client, experiment, run_name=f"sweep-{s['study_name']}",
                                    tags=tags) as parent_id:
                 self.parent_id = parent_id
                 try:
-                    self._loop(study, space, fixed)
+                    self._loop(study, plan.space, plan.fixed)
                     return self._finish(study)  # the workers still up: one registers the winner
                 finally:
                     self.launcher.shutdown()
@@ -306,18 +206,18 @@ class SweepRunner:
 
     def _check_direction(self, storage) -> None:
         """A study is resumed only in the directions, and for the objectives, it was created with."""
-        name = self.s["study_name"]
+        name = self.plan.settings["study_name"]
         if name not in optuna.study.get_all_study_names(storage):  # a new study
             return
         study = optuna.load_study(study_name=name, storage=storage)
         existing = [d.name.lower() for d in study.directions]
-        where = f"study {name} in {tracking.mask_url(self.storage_url)} was created"
-        if existing != self.directions:
-            raise ValueError(f"{where} to {','.join(existing)}, not to {','.join(self.directions)} "
-                             f"(objective={objective_text(self.objectives)}): give a new hydra.sweeper.study_name")
-        if study.metric_names is not None and study.metric_names != self.objectives:  # other metrics
+        where = f"study {name} in {tracking.mask_url(self.plan.storage_url)} was created"
+        if existing != self.plan.directions:
+            raise ValueError(f"{where} to {','.join(existing)}, not to {','.join(self.plan.directions)} "
+                             f"(objective={objective_text(self.plan.objectives)}): give a new hydra.sweeper.study_name")
+        if study.metric_names is not None and study.metric_names != self.plan.objectives:  # other metrics
             raise ValueError(f"{where} for objective={objective_text(study.metric_names)}, not "
-                             f"objective={objective_text(self.objectives)}: give a new hydra.sweeper.study_name")
+                             f"objective={objective_text(self.plan.objectives)}: give a new hydra.sweeper.study_name")
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self, study, space, fixed) -> None:
@@ -325,14 +225,14 @@ class SweepRunner:
         pack trains); start the next one as soon as any finishes. When the
         budget is taken by other workers' running trials, wait for them (or their heartbeat to
         stop) rather than end early."""
-        s, launcher = self.s, self.launcher
+        s, launcher = self.plan.settings, self.launcher
         deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
         self.heartbeat = heartbeat = Heartbeat(study._storage)
         poll = heartbeat.interval or 2.0
         running: dict[Future, tuple[optuna.Trial, str]] = {}
         stalls = StallWatch(s["stall_factor"], s["stall_floor"],  # a packed trial: once in its slot
-                            waiting=(lambda t: PACK_ATTR not in t.user_attrs) if self.pack > 1 else None)
-        self.console = SweepConsole(self.n_trials, self.objectives)
+                            waiting=(lambda t: PACK_ATTR not in t.user_attrs) if self.plan.pack > 1 else None)
+        self.console = SweepConsole(self.plan.n_trials, self.plan.objectives)
         started = None
         failures = 0
         try:
@@ -350,7 +250,7 @@ class SweepRunner:
                     started = None
                 launcher.flush()
                 if not running:
-                    if studies.count_finished(study) >= self.n_trials or self._timed_out(deadline) \
+                    if studies.count_finished(study) >= self.plan.n_trials or self._timed_out(deadline) \
                             or not studies.count_running(study):
                         self.phases.trials_ended()
                         return
@@ -362,10 +262,10 @@ class SweepRunner:
                     trial, run_id = running.pop(future)
                     heartbeat.discard(trial._trial_id)
                     failures += self._tell(study, trial, future.result(), run_id) == TrialState.FAIL
-                    if failures > s["max_failure_rate"] * self.n_trials:
+                    if failures > s["max_failure_rate"] * self.plan.n_trials:
                         raise SweepFailed(
                             f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
-                            f"{s['max_failure_rate']} of n_trials={self.n_trials}; last reason: "
+                            f"{s['max_failure_rate']} of n_trials={self.plan.n_trials}; last reason: "
                             f"{study.trials[trial.number].user_attrs.get('fail_reason')}")
         except BaseException as exc:
             launcher.shutdown(kill=True)
@@ -395,33 +295,33 @@ class SweepRunner:
         if deadline is None or time.monotonic() <= deadline:
             return False
         if not getattr(self, "said_timeout", False):
-            log.info(f"timeout of {self.s['timeout']} s reached: no new trial starts")
+            log.info(f"timeout of {self.plan.settings['timeout']} s reached: no new trial starts")
             self.said_timeout = True
         return True
 
     def _start(self, study, space) -> tuple[optuna.Trial, str] | None:
         """Ask for a trial if the study's budget allows one; None when it is all taken. A failure
         after the ask (the MLflow store, ...) fails that trial before it propagates."""
-        with ask_lock(study._storage, self.storage_url, study.study_name):
-            if studies.count_finished(study) + studies.count_running(study) >= self.n_trials:
+        with ask_lock(study._storage, self.plan.storage_url, study.study_name):
+            if studies.count_finished(study) + studies.count_running(study) >= self.plan.n_trials:
                 return None
             trial = study.ask(fixed_distributions=space)
             self.heartbeat.add(trial._trial_id)
             trial.set_user_attr("worker", liveness.WORKER)  # before any other sweeper can judge it
         run_id = None
         try:
-            if self.extend_space is not None:
+            if self.plan.extend_space is not None:
                 self._extend(trial)
             run_id = runs.create_child(self.client, self.experiment_id, self.parent_id,
                                        study.study_name, trial.number)
             trial.set_user_attr("mlflow_run_id", run_id)
             trial.set_user_attr("mlflow_run_url", runs.ui_path(self.client, self.experiment_id, run_id))
-            trial.set_user_attr("output_dir", str(self.sweep_dir / str(trial.number)))
-            monitor, intermediate = monitor_for(self.objectives)
-            TrialPayload(number=trial.number, study_name=study.study_name, storage=self.storage_url,
-                         pruner=self.pruner_config, monitor=monitor, run_id=run_id,
+            trial.set_user_attr("output_dir", str(self.plan.sweep_dir / str(trial.number)))
+            monitor, intermediate = monitor_for(self.plan.objectives)
+            TrialPayload(number=trial.number, study_name=study.study_name, storage=self.plan.storage_url,
+                         pruner=self.plan.pruner_config, monitor=monitor, run_id=run_id,
                          resume_from=self._resume_from(study, trial), intermediate=intermediate
-                         ).write(self.sweep_dir / str(trial.number))
+                         ).write(self.plan.sweep_dir / str(trial.number))
         except BaseException as exc:
             self._abandon(study, trial, run_id, exc)
             raise
@@ -435,7 +335,7 @@ class SweepRunner:
         storage = study._storage
         for number in reversed(storage.get_trial(trial._trial_id).system_attrs.get("retry_history", [])):
             attempt = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-            folder = Path(attempt.user_attrs.get("output_dir") or self.sweep_dir / str(number))  # another
+            folder = Path(attempt.user_attrs.get("output_dir") or self.plan.sweep_dir / str(number))  # another
             if path_of(folder).is_file():  # sweeper of the study may have run it, in its own folder
                 return str(folder.resolve())
         return None
@@ -443,9 +343,9 @@ class SweepRunner:
     def _extend(self, trial) -> None:
         """The custom search space's suggestions for ``trial``; its failure is the sweep's, in one line."""
         try:
-            self.extend_space(self.config, trial)
+            self.plan.extend_space(self.config, trial)
         except Exception as exc:
-            raise SweepFailed(f"hydra.sweeper.custom_search_space={self.s['custom_search_space']} failed on "
+            raise SweepFailed(f"hydra.sweeper.custom_search_space={self.plan.settings['custom_search_space']} failed on "
                               f"trial {trial.number}: {tracking.error_line(exc, limit=500)}") from None
 
     def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
@@ -459,7 +359,7 @@ class SweepRunner:
     def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState | None:
         """Tell Optuna how the trial ended; None when it failed because its worker died and was
         queued again (``retry_failed``): that attempt is no failure of the trial's own."""
-        TrialPayload.remove(self.sweep_dir / str(trial.number))
+        TrialPayload.remove(self.plan.sweep_dir / str(trial.number))
         reason, retry = None, False
         if ret.status == JobStatus.COMPLETED:
             values, reason = _values(ret.return_value, len(study.directions))
@@ -475,7 +375,7 @@ class SweepRunner:
             if text and tracking.ERROR_ARTIFACT not in {a.path for a in self.client.list_artifacts(run_id)}:
                 tracking.log_traceback(self.client, run_id, text)  # failed before its run opened
             if isinstance(exc, WorkerDied):
-                n = self.s["retry_failed"]
+                n = self.plan.settings["retry_failed"]
                 retry = bool(n) and studies.retries_left(study._storage.get_trial(trial._trial_id), n)
                 reason = (f"{exc}; " + (f"queued again with the same parameters (hydra.sweeper.retry_failed={n})"
                                         if retry else f"not retried (hydra.sweeper.retry_failed={n})"))[:1000]
@@ -483,7 +383,7 @@ class SweepRunner:
             studies.fail(study, trial._trial_id, reason)
         frozen = study._storage.get_trial(trial._trial_id)
         if retry:
-            studies.requeue(study, frozen, self.s["retry_failed"])
+            studies.requeue(study, frozen, self.plan.settings["retry_failed"])
         if frozen.state == TrialState.PRUNED and frozen.intermediate_values:
             self.client.set_tag(run_id, "optuna.pruned_at_epoch", max(frozen.intermediate_values))
         runs.close_child(self.client, run_id, frozen.state, reason)
@@ -496,14 +396,14 @@ class SweepRunner:
         caller raises ``exc``, and the storage that failed (a full disk) must not keep the other
         in-flight trials' runs from being closed."""
         self.heartbeat.discard(trial._trial_id)
-        TrialPayload.remove(self.sweep_dir / str(trial.number))
+        TrialPayload.remove(self.plan.sweep_dir / str(trial.number))
         getattr(study.sampler, "forget", lambda number: None)(trial.number)
         reason = f"sweep interrupted ({tracking.error_line(exc, limit=300)})"
         try:
             if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
                 studies.fail(study, trial._trial_id, reason)
-                if self.s["retry_failed"]:
-                    studies.requeue(study, study._storage.get_trial(trial._trial_id), self.s["retry_failed"])
+                if self.plan.settings["retry_failed"]:
+                    studies.requeue(study, study._storage.get_trial(trial._trial_id), self.plan.settings["retry_failed"])
         except Exception as again:  # the study's storage may be what failed: the run is closed anyway
             log.debug(f"trial {trial.number} not marked FAIL: {again!r}")
         try:
@@ -544,56 +444,56 @@ class SweepRunner:
         dead = trial.user_attrs.get("worker")
         runs.close_dead_parents(self.client, self.experiment_id, study.study_name,
                                 lambda worker: worker is not None and worker == dead)
-        if self.s["retry_failed"]:
-            studies.requeue(study, trial, self.s["retry_failed"])
+        if self.plan.settings["retry_failed"]:
+            studies.requeue(study, trial, self.plan.settings["retry_failed"])
 
     def _grace(self, study) -> int:
         """Seconds without a heartbeat after which a trial is failed (Optuna's default: 2 beats)."""
-        return self.s["grace_period"] or 2 * study._storage.get_heartbeat_interval()
+        return self.plan.settings["grace_period"] or 2 * study._storage.get_heartbeat_interval()
 
     def _report(self, study, trial) -> None:
         self.console.ended(trial, studies.count_finished(study), _best(study))
 
     # -- results ------------------------------------------------------------------------------
     def _finish(self, study) -> dict[str, Any]:
-        client, parent_id, storage_url = self.client, self.parent_id, self.storage_url
+        client, parent_id, storage_url = self.client, self.parent_id, self.plan.storage_url
         table = study.trials_dataframe().rename(columns=lambda c: c.removeprefix("user_attrs_"))
-        csv = self.sweep_dir / "trials.csv"
+        csv = self.plan.sweep_dir / "trials.csv"
         with self.phases.phase("results"), tracking.writing(csv):
             table.to_csv(csv, index=False)
             client.log_artifact(parent_id, str(csv))
         from lenet_sweep.report import write_sweep_report  # ranked table + plots; never raises
 
         with self.phases.phase("report"):
-            write_sweep_report(study, client, parent_id, self.sweep_dir)
+            write_sweep_report(study, client, parent_id, self.plan.sweep_dir)
         states = table["state"].value_counts().to_dict() if len(table) else {}
         if not states.get("COMPLETE"):
             failed = [t for t in study.trials if t.state == TrialState.FAIL]
             first = failed[0].user_attrs.get("fail_reason") if failed else None
             raise SweepFailed(f"no trial completed ({', '.join(f'{v} {k}' for k, v in states.items())})"
                               + (f"; first failure: {first}" if first else ""))
-        if len(self.objectives) == 1:
+        if len(self.plan.objectives) == 1:
             best = study.best_trial
             results = {"study_name": study.study_name, "storage": tracking.mask_url(storage_url),
-                       "direction": self.directions[0], "best_trial": best.number, "best_value": best.value,
+                       "direction": self.plan.directions[0], "best_trial": best.number, "best_value": best.value,
                        **self._best_of(best), "trials": states}
         else:
             best, results = self._front_results(study, states)
-        path = self.sweep_dir / "optimization_results.yaml"
+        path = self.plan.sweep_dir / "optimization_results.yaml"
         with self.phases.phase("results"), tracking.writing(path):
             OmegaConf.save(OmegaConf.create(results), path)
             client.log_artifact(parent_id, str(path))
         tracking.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()},
                             tags={"best_trial_number": best.number,
                                   "best_trial_run_id": results["mlflow_run_id"]})
-        if len(self.objectives) == 1:
+        if len(self.plan.objectives) == 1:
             tracking.log_metrics(client, parent_id, {"best_value": best.value})
             print(f"[sweep] best trial {best.number}: value={best.value:.4f} params={best.params}")
         print(f"[sweep] mlflow run {results['mlflow_run_id']}, output {results['output_dir']}\n"
               f"[sweep] results: {path}", flush=True)
         from lenet_sweep import registry  # the winner as a new model version; never raises
 
-        if self.s["register_winner"]:
+        if self.plan.settings["register_winner"]:
             # one registration at a time per registered model among the sweepers of this storage: those
             # sharing a study register its winner once, and read the champion one after the other
             name = self.config.mlflow.get("registered_model") or "lenet_sweep"
@@ -620,18 +520,18 @@ class SweepRunner:
         self.client.set_tag(self.parent_id, "pareto_front_run_ids", ",".join(runs)[:5000])
         tracking.log_metrics(self.client, self.parent_id, {"pareto_front_size": len(front)})
         print(f"[sweep] Pareto front: {len(front)} of {states.get('COMPLETE', 0)} completed trials "
-              f"({', '.join(f'{o} {d[:3]}' for o, d in zip(self.objectives, self.directions))})", flush=True)
+              f"({', '.join(f'{o} {d[:3]}' for o, d in zip(self.plan.objectives, self.plan.directions))})", flush=True)
         for t in front:
-            print(f"[sweep]   trial {t.number}: {values_text(self.objectives, t.values)} | {params_text(t.params)}",
+            print(f"[sweep]   trial {t.number}: {values_text(self.plan.objectives, t.values)} | {params_text(t.params)}",
                   flush=True)
-        print(f"[sweep] best on {self.objectives[0]} (the first objective) of the front: trial {best.number}"
-              + (", the one registered" if self.s["register_winner"] else ""), flush=True)
+        print(f"[sweep] best on {self.plan.objectives[0]} (the first objective) of the front: trial {best.number}"
+              + (", the one registered" if self.plan.settings["register_winner"] else ""), flush=True)
         return best, {
-            "name": "optuna", "study_name": study.study_name, "storage": tracking.mask_url(self.storage_url),
-            "objectives": self.objectives, "directions": self.directions,
+            "name": "optuna", "study_name": study.study_name, "storage": tracking.mask_url(self.plan.storage_url),
+            "objectives": self.plan.objectives, "directions": self.plan.directions,
             "solutions": [{"trial": t.number, "params": t.params, "values": t.values, "mlflow_run_id": run}
                           for t, run in zip(front, runs)],
-            "best_on": self.objectives[0], "best_trial": best.number, "best_values": best.values,
+            "best_on": self.plan.objectives[0], "best_trial": best.number, "best_values": best.values,
             **self._best_of(best), "trials": states}
 
     def _model_logger(self):
