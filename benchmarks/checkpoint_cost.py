@@ -1,4 +1,4 @@
-"""What the per-epoch checkpoint (lenet_sweep.checkpoint) costs, against an epoch's time.
+"""What the per-epoch checkpoint (lenet_sweep.training.checkpoint) costs, against an epoch's time.
 
     python benchmarks/checkpoint_cost.py                       # all 54k training images
     python benchmarks/checkpoint_cost.py --train-limit 6000 --dir multirun   # on another disk
@@ -69,11 +69,12 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from lenet_sweep import CONF_DIR, checkpoint, data, fast_fit
+    from lenet_sweep import CONF_DIR, data
     from lenet_sweep.config import register
-    from lenet_sweep.model import build_lenet
-    from lenet_sweep.packed import PackedLeNet, SlotParams
-    from lenet_sweep.train import make_optimizer
+    from lenet_sweep.model import build_lenet, fast_fit
+    from lenet_sweep.model.packed import PackedLeNet, SlotParams
+    from lenet_sweep.training import checkpoint
+    from lenet_sweep.training.train import make_optimizer
 
     register()
     overrides = ["optimizer.momentum=0.9", "trainer.verbose=0"]

@@ -2,7 +2,7 @@
 # Fused training on a lent GPU machine, in one go (issue 21 item 6; under 8 minutes on an H200):
 # TensorFlow with CUDA from the package registry (too large to carry), then K = 1, 8, 32, 64 slots of
 # the default LeNet on the real training images, a few hundred steps each (grouped slot convolutions:
-# lenet_sweep.slot_layers.default_formulation on a GPU), next to one trial's fast path. Prints
+# lenet_sweep.model.slot_layers.default_formulation on a GPU), next to one trial's fast path. Prints
 # trial-samples/s, each arm's GPU peak memory and the K = 64 / K = 1 ratio.
 #
 # From a session lent a device (the data travels in an ignored folder named in carry):

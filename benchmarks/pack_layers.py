@@ -3,7 +3,7 @@
     python benchmarks/pack_layers.py                                  # K = 1 16, batch 32
     python benchmarks/pack_layers.py --packs 16 32 --formulations per_slot patches
 
-For each K and formulation of the slot convolutions (:mod:`lenet_sweep.slot_layers`), every layer of
+For each K and formulation of the slot convolutions (:mod:`lenet_sweep.model.slot_layers`), every layer of
 ``build_lenet(LeNetConfig(), slots=K)`` runs alone in a traced loop (a random input of the shape the
 layer gets in training, its weights' gradients, and its input's gradient except for the first layer,
 whose input is the images): microseconds per step, and the sum as trial-samples/s (K · batch / step
@@ -28,7 +28,7 @@ def _step(layer, x, sink, first: bool):
     """The layer's call on ``x`` and a traced loop of n forward + backward passes."""
     import tensorflow as tf
 
-    from lenet_sweep.slot_layers import SlotLayer
+    from lenet_sweep.model.slot_layers import SlotLayer
 
     def call():
         return layer(x, shared_activation="sigmoid") if isinstance(layer, SlotLayer) else layer(x)

@@ -6,13 +6,13 @@
 Each arm runs in its own process, the arms interleaved over repeats so a busy machine slows all
 alike; per arm the median over repeats of the second epoch (the first pays tracing):
 
-* ``fast path``: one trial, ``lenet_sweep.fast_fit.fit`` (``trainer.fast=true``, XLA off), the
+* ``fast path``: one trial, ``lenet_sweep.model.fast_fit.fit`` (``trainer.fast=true``, XLA off), the
   default LeNet, SGD lr 0.1 momentum 0.9;
-* ``pack K``: :class:`lenet_sweep.packed.PackedLeNet` with K live slots, the same model and batch
+* ``pack K``: :class:`lenet_sweep.model.packed.PackedLeNet` with K live slots, the same model and batch
   size; ``--batches``: each slot its own batch order (``independent``) or one stream for all
   (``shared``); ``--activations``: ``mixed`` (half sigmoid, half ReLU: the per-slot blend) or all
   one (the graph traced for one shared activation); ``--formulations``: the slot convolutions'
-  (:mod:`lenet_sweep.slot_layers`).
+  (:mod:`lenet_sweep.model.slot_layers`).
 
 It prints trial-samples/s (training images per second of wall time, summed over the slots), the
 ratio to the fast path, achieved GFLOP/s and that as a share of the machine's fp32 peak.
@@ -82,9 +82,8 @@ def _data(images: int):
 def fast_path(images: int, batch: int, epochs: int) -> list[float]:
     import keras
 
-    from lenet_sweep import fast_fit
     from lenet_sweep.config import LeNetConfig
-    from lenet_sweep.model import build_lenet
+    from lenet_sweep.model import build_lenet, fast_fit
     from omegaconf import OmegaConf
 
     x, y = _data(images)
@@ -108,7 +107,7 @@ def fast_path(images: int, batch: int, epochs: int) -> list[float]:
 
 def pack(arm: str, images: int, batch: int, epochs: int) -> list[float]:
     from lenet_sweep.config import LeNetConfig
-    from lenet_sweep.packed import PackedLeNet, SlotParams
+    from lenet_sweep.model.packed import PackedLeNet, SlotParams
     from omegaconf import OmegaConf
 
     k, activations, formulation, batches = _parse(arm)
@@ -179,7 +178,7 @@ def main() -> None:
     p.add_argument("--activations", nargs="+", default=["mixed", "sigmoid"],
                    help="the slots' hidden activations: mixed (half sigmoid, half ReLU), sigmoid or relu")
     p.add_argument("--formulations", nargs="+", default=["default"],
-                   help="slot convolutions: default (lenet_sweep.slot_layers.default_formulation), "
+                   help="slot convolutions: default (lenet_sweep.model.slot_layers.default_formulation), "
                         "per_slot, patches")
     p.add_argument("--batches", nargs="+", default=["independent", "shared"],
                    help="each slot its own batch order, or one stream for all (PackedLeNet batches=)")

@@ -11,6 +11,8 @@ same trial budget, data (the first --images training images, raw pixels, batch 3
   pack=K       ... hydra.launcher.pack=K hydra.sweeper.n_jobs=K          (K trials in one fused graph)
   plain Optuna optuna.create_study + study.optimize, Keras fit one epoch at a time, trial.report and
                should_prune (no tracking): what a user writes by hand
+  KerasTuner   keras_tuner.Hyperband(max_epochs=--epochs, factor=3, seed 0) on the same space and data,
+               when keras-tuner is installed (pip install -e ".[bench]"); its trial count is Hyperband's
 Prints wall seconds, trial-epochs trained per minute (epochs reported by all trials), best
 val_accuracy, and each arm's ratios to the pack=1 and the plain arms.
 """
@@ -18,6 +20,7 @@ val_accuracy, and each arm's ratios to the pack=1 and the plain arms.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -66,18 +69,66 @@ def summary(name: str, wall: float, study) -> dict:
             "failed": states.count(TrialState.FAIL)}
 
 
+def _data(args):
+    """The project's data split (first --images images, 10% validation, raw pixels)."""
+    from lenet_sweep import data
+
+    class Cfg:
+        dir, validation_split, normalize, train_limit, test_limit = None, 0.1, False, args.images, None
+
+    return data.load(Cfg)
+
+
+def _lenet(act: str, lr: float, momentum: float, nesterov: bool):
+    """The notebook's LeNet, compiled, as a user of Keras writes it."""
+    import keras
+
+    keras.utils.set_random_seed(42)
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)), layers.Conv2D(6, 5, activation=act), layers.MaxPool2D(2),
+        layers.Conv2D(16, 5, activation=act), layers.MaxPool2D(2), layers.Flatten(),
+        layers.Dense(120, activation=act), layers.Dense(84, activation=act),
+        layers.Dense(10, activation="sigmoid")])
+    model.compile(keras.optimizers.SGD(lr, momentum=momentum, nesterov=nesterov),
+                  "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def keras_tuner_arm(args) -> None:
+    """The KerasTuner arm, in its own process: prints its summary as JSON (epochs: what each
+    Hyperband trial trained, ``tuner/epochs - tuner/initial_epoch``)."""
+    start = time.perf_counter()
+    import keras_tuner as kt
+
+    s = _data(args)
+
+    def build(hp):
+        return _lenet(hp.Choice("activation", ["sigmoid", "relu"]),
+                      hp.Float("lr", 0.001, 1.0, sampling="log"), hp.Float("momentum", 0.0, 0.99),
+                      hp.Boolean("nesterov"))
+
+    with tempfile.TemporaryDirectory(prefix="kt_bench_") as tmp:
+        tuner = kt.Hyperband(build, objective="val_accuracy", max_epochs=args.epochs, factor=3, seed=0,
+                             directory=tmp, project_name="lenet")
+        tuner.search(s.x_train, s.y_train, batch_size=32, validation_data=(s.x_val, s.y_val), verbose=0)
+        trials = list(tuner.oracle.trials.values())
+        epochs = sum(t.hyperparameters.get("tuner/epochs") - t.hyperparameters.get("tuner/initial_epoch")
+                     for t in trials)
+        scores = [t.score for t in trials if t.score is not None and t.score == t.score]
+        done = sum(t.status == "COMPLETED" for t in trials)
+        wall = time.perf_counter() - start
+        print(json.dumps({"arm": "KerasTuner Hyperband", "wall_s": wall, "trials": len(trials), "epochs": epochs,
+                          "epochs_per_min": 60 * epochs / wall, "best": max(scores), "complete": done,
+                          "pruned": 0, "failed": len(trials) - done}))
+
+
 def plain_optuna(args) -> None:
     """The plain arm, in its own process (its own TensorFlow): prints its summary as JSON."""
     start = time.perf_counter()
-    import keras
     import optuna
 
-    from lenet_sweep import data
-
-    class Cfg:  # the project's data split (first --images images, 10% validation, raw pixels)
-        dir, validation_split, normalize, train_limit, test_limit = None, 0.1, False, args.images, None
-
-    s = data.load(Cfg)
+    s = _data(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial):
@@ -85,15 +136,7 @@ def plain_optuna(args) -> None:
         momentum = trial.suggest_float("momentum", 0.0, 0.99)
         nesterov = trial.suggest_categorical("nesterov", [True, False])
         act = trial.suggest_categorical("activation", ["sigmoid", "relu"])
-        keras.utils.set_random_seed(42)
-        layers = keras.layers
-        model = keras.Sequential([
-            keras.Input((28, 28, 1)), layers.Conv2D(6, 5, activation=act), layers.MaxPool2D(2),
-            layers.Conv2D(16, 5, activation=act), layers.MaxPool2D(2), layers.Flatten(),
-            layers.Dense(120, activation=act), layers.Dense(84, activation=act),
-            layers.Dense(10, activation="sigmoid")])
-        model.compile(keras.optimizers.SGD(lr, momentum=momentum, nesterov=nesterov),
-                      "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model = _lenet(act, lr, momentum, nesterov)
         value = 0.0
         for epoch in range(args.epochs):
             h = model.fit(s.x_train, s.y_train, batch_size=32, epochs=1, verbose=0,
@@ -120,29 +163,37 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--packs", type=int, nargs="*", default=[8, 16])
     parser.add_argument("--plain-arm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tuner-arm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_arm:
         return plain_optuna(args)
+    if args.tuner_arm:
+        return keras_tuner_arm(args)
     arms = [lenet_sweep_arm("pack=1 (unpacked)", ["hydra.launcher.pack=1"], args),
             lenet_sweep_arm("default (packed)", [], args),
             lenet_sweep_arm("default, its own pruner", [], args, pruner=[])]  # the command as a user types it
     for k in args.packs:
         arms.append(lenet_sweep_arm(f"pack={k}", [f"hydra.launcher.pack={k}", f"hydra.sweeper.n_jobs={k}"], args))
-    start = time.perf_counter()
-    plain = subprocess.run([sys.executable, __file__, "--plain-arm", f"--trials={args.trials}",
-                            f"--images={args.images}", f"--epochs={args.epochs}"],
-                           cwd=ROOT, capture_output=True, text=True)
-    if plain.returncode != 0:
-        sys.exit(f"plain arm failed:\n{plain.stderr[-3000:]}")
-    arms.append({**json.loads(plain.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - start})
-    plain_arm = arms[-1]
-    plain_arm["epochs_per_min"] = 60 * plain_arm["epochs"] / plain_arm["wall_s"]
+    for flag in ("--plain-arm", "--tuner-arm"):  # each in its own process, timed from outside
+        if flag == "--tuner-arm" and importlib.util.find_spec("keras_tuner") is None:
+            print("KerasTuner arm left out: keras-tuner is not installed (pip install -e '.[bench]')")
+            continue
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, flag, f"--trials={args.trials}",
+                               f"--images={args.images}", f"--epochs={args.epochs}"],
+                              cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{flag} arm failed:\n{proc.stderr[-3000:]}")
+        arm = {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - start}
+        arm["epochs_per_min"] = 60 * arm["epochs"] / arm["wall_s"]
+        arms.append(arm)
+    plain_arm = next(a for a in arms if a["arm"].startswith("plain"))
     print(f"{args.trials} trials, <= {args.epochs} epochs, {args.images} images, batch 32, raw pixels, "
           "MedianPruner(3 startup trials)")
-    print(f"{'arm':<26} {'wall s':>7} {'trial-epochs':>12} {'epochs/min':>10} {'complete':>8} {'pruned':>6} "
+    print(f"{'arm':<26} {'trials':>6} {'wall s':>7} {'trial-epochs':>12} {'epochs/min':>10} {'complete':>8} {'pruned':>6} "
           f"{'failed':>6} {'best val_acc':>12} {'vs pack=1':>11} {'wall vs plain':>13}")
     for a in arms:
-        print(f"{a['arm']:<26} {a['wall_s']:7.1f} {a['epochs']:12d} {a['epochs_per_min']:10.1f} "
+        print(f"{a['arm']:<26} {a['trials']:6d} {a['wall_s']:7.1f} {a['epochs']:12d} {a['epochs_per_min']:10.1f} "
               f"{a['complete']:8d} {a['pruned']:6d} {a['failed']:6d} {a['best']:12.4f} "
               f"{a['epochs_per_min'] / arms[0]['epochs_per_min']:10.2f}x {a['wall_s'] / plain_arm['wall_s']:12.2f}x")
 

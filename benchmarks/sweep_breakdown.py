@@ -1,4 +1,4 @@
-"""Where one packed sweep's time went, from what its runs recorded (lenet_sweep.runtime's trial
+"""Where one packed sweep's time went, from what its runs recorded (lenet_sweep.training.runtime's trial
 phases, the parent run's sweep phases, each epoch's pack width).
 
     .venv/bin/python benchmarks/sweep_breakdown.py [--trials 8] [--pack 4] [--epochs 2] [--images 5000]
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("wait_slot", "setup", "train", "wait_record", "evaluate", "record")  # lenet_sweep.runtime.PHASES
+PHASES = ("wait_slot", "setup", "train", "wait_record", "evaluate", "record")  # lenet_sweep.training.runtime.PHASES
 SWEEP = ("startup", "trials", "results", "report", "registration")
 FLAGS = ("avx512f", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 

@@ -18,7 +18,7 @@ prints the median over repeats of:
 (a) "notebook" is the notebook's code as written there (section 5.5, ``net.fit(train_images,
 train_labels, epochs=..., validation_split=0.1)`` on the raw uint8 images reshaped with
 ``tf.reshape``, default progress bar), with ``batch_size`` set and the seed fixed. (b)
-"lenet_sweep" is ``lenet_sweep.train.train(cfg)`` with the default config (``trainer.fast=true``),
+"lenet_sweep" is ``lenet_sweep.training.train.train(cfg)`` with the default config (``trainer.fast=true``),
 logging to a throw-away MLflow store; ``--plain`` adds lenet_sweep with ``trainer.fast=false
 trainer.steps_per_execution=1`` (Keras fit on tf.data). Progress bars go to /dev/null.
 """
@@ -111,23 +111,22 @@ def notebook(batch: int, images: int | None, epochs: int, seed: int) -> dict:
 
 
 def lenet_sweep(batch: int, images: int | None, epochs: int, seed: int, plain: bool = False) -> dict:
-    """``lenet_sweep.train.train(cfg)`` on the same images, logging to a temporary MLflow store."""
+    """``lenet_sweep.training.train.train(cfg)`` on the same images, logging to a temporary MLflow store."""
     from hydra import compose, initialize_config_dir
     from mlflow.tracking import MlflowClient
 
     from lenet_sweep import CONF_DIR
-    from lenet_sweep import run_record
-    from lenet_sweep import train as train_mod
     from lenet_sweep.config import register
+    from lenet_sweep.training import record, train as train_mod
 
     loggers = []
 
-    class CountingLogger(run_record.EpochLogger):  # keeps the instance to read its log_seconds
+    class CountingLogger(record.EpochLogger):  # keeps the instance to read its log_seconds
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             loggers.append(self)
 
-    run_record.EpochLogger = CountingLogger
+    record.EpochLogger = CountingLogger
     register()
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"

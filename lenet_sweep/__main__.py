@@ -47,13 +47,13 @@ def main(cfg: DictConfig) -> float:
         from lenet_sweep import tracking
 
         tracking.check_store(cfg.mlflow)  # an unreachable tracking store is one line, in a second
-        from lenet_sweep.train import train  # imports TensorFlow, its start-up lines filtered
+        from lenet_sweep.training.train import train  # imports TensorFlow, its start-up lines filtered
         from lenet_sweep.trial import Job
 
         job = Job.from_hydra()  # what this run is, decided here once
         if job.payload is None:
             return objective_value(train(cfg, job=job), cfg.objective)
-        from lenet_sweep.train import PruningCallback
+        from lenet_sweep.training.train import PruningCallback
         from lenet_sweep.trial import Reporter
 
         reporter = Reporter(job.payload)

@@ -65,7 +65,7 @@ def run(overrides: Sequence[str] = ()) -> RunResult:
         raise UserError(" ".join(str(exc).split())) from None
     validate(cfg)
     uri = tracking.check_store(cfg.mlflow)
-    from lenet_sweep.train import train  # TensorFlow: only once the config holds
+    from lenet_sweep.training.train import train  # TensorFlow: only once the config holds
 
     client = tracking.client_for(cfg.mlflow)
     experiment = tracking.experiment_id(client, cfg.mlflow.experiment_name)

@@ -34,7 +34,7 @@ class ConfigError(UserError, ValueError):
 
 class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; training stopped at that epoch. Defined here, not in
-    :mod:`lenet_sweep.train`: a sweeper unpickling a failed trial's error must not import TensorFlow."""
+    :mod:`lenet_sweep.training.train`: a sweeper unpickling a failed trial's error must not import TensorFlow."""
 
 
 class Activation(Enum):
@@ -124,7 +124,7 @@ class TrainerConfig:
     # the trial entered), so its rerun trains on the batches it trained on. null: from `seed`.
     stream_seed: Optional[int] = None
     stream_position: Optional[int] = None  # null: 0 (a shared-batches trial's: set when it enters its slot)
-    # Resuming (lenet_sweep/checkpoint.py). At each epoch end the run keeps checkpoint.npz in its job
+    # Resuming (lenet_sweep/training/checkpoint.py). At each epoch end the run keeps checkpoint.npz in its job
     # folder (Hydra's output folder: outputs/DATE/TIME, a sweep trial's <sweep dir>/<number>), rewritten
     # atomically. It is removed when the run ends (completed, pruned, or diverged: a resume would
     # diverge again) unless keep_checkpoint, and kept when the run was interrupted (Ctrl-C, SIGTERM, a
@@ -191,6 +191,10 @@ def _check(ok: bool, key: str, value: Any, rule: str, example: str) -> None:
 
 
 #: optimizer group option -> its schema (its ``_target_`` default: the Keras class it builds)
+#: ``hydra.launcher.batches``: packed trials' batch orders, each its own or one stream per pack
+#: (lenet_sweep.model.packed trains either; the sweep plan checks the setting)
+BATCHES = ("independent", "shared")
+
 OPTIMIZERS = {"sgd": SGDConfig, "adam": AdamConfig}
 
 

@@ -217,7 +217,7 @@ def to_datasets(splits: Splits, batch_size: int, seed: int):
 
 def to_tensors(splits: Splits) -> Splits:
     """The splits as TensorFlow tensors, held once in memory, for the in-graph trainer
-    (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`), which shuffles and batches by index."""
+    (``trainer.fast=true``, :mod:`lenet_sweep.model.fast_fit`), which shuffles and batches by index."""
     import tensorflow as tf
 
     return Splits(*(tf.convert_to_tensor(a) for a in (

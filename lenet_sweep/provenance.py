@@ -7,7 +7,7 @@ core, recorded as that number), ``threads.intra_op_setting`` / ``threads.inter_o
 was set, 0 = TensorFlow's default), ``host.cpu`` and ``host.cpus``, and ``xla_measured``: whether
 this run timed XLA against no XLA on its first training chunks (``trainer.jit_compile=null`` in a
 process that had not chosen yet), so those chunks mixed both. ``xla`` (the variant that trained
-last) is tagged by :func:`lenet_sweep.train.train`.
+last) is tagged by :func:`lenet_sweep.training.train.train`.
 
 Inputs: the run's three splits as MLflow datasets (``mlflow.data``, contexts ``training``,
 ``validation``, ``test``) named ``fashion-mnist-<context>``, with the SHA-256 of each decompressed IDX file
@@ -116,7 +116,7 @@ def xla_measured(cfg, model, x) -> str:
     if not tc.fast or tc.jit_compile is not None:
         return "false"
     try:
-        from lenet_sweep import fast_fit
+        from lenet_sweep.model import fast_fit
 
         chunks = fast_fit.count_chunks(len(x), cfg.data.batch_size, tc.epochs, tc.steps_per_execution)
         return str(fast_fit.JitChooser(model, cfg.data.batch_size, x, None, chunks).plan != []).lower()

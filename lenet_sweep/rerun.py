@@ -93,7 +93,7 @@ def rerun_config(cfg: DictConfig, tags: dict[str, str], uri: str,
     """The config to train again, and what was set beyond the record (printed). Keys today's
     schema has and the record lacks (a run recorded by an older lenet_sweep) take their defaults."""
     from lenet_sweep.builders import DEFAULTS
-    from lenet_sweep.config import OPTIMIZERS, Config
+    from lenet_sweep.config import Config, OPTIMIZERS
 
     for key in PLUMBING:  # recorded by lenet_sweep before the trial payload (lenet_sweep.trial)
         parent, _, leaf = key.rpartition(".")
@@ -224,7 +224,7 @@ def rerun(run_id: str, overrides: dict[str, Any]) -> str:
                                run_name=f"{original.info.run_name}-rerun", tags=new_tags).info.run_id
     try:
         with tracking.sigterm_as_exit():  # a kill before train() opens the run still closes it
-            from lenet_sweep.train import train  # TensorFlow's start-up lines filtered (quiet.py)
+            from lenet_sweep.training.train import train  # TensorFlow's start-up lines filtered (quiet.py)
 
             train(cfg, run_id=new_id)
     except BaseException as exc:

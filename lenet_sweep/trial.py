@@ -34,11 +34,11 @@ class TrialPayload:
     monitor: str  # the per-epoch metric reported (the objective, or its val_ form; monitor_for)
     run_id: str  # the MLflow child run the job writes into
     # A retried trial: the failed attempt's job folder (its output_dir, <sweep dir>/<its number>). The
-    # job continues from the checkpoint there (lenet_sweep.checkpoint), if any, into this payload's
+    # job continues from the checkpoint there (lenet_sweep.training.checkpoint), if any, into this payload's
     # run and trial: the earlier epochs are logged to the run and reported to the trial first.
     resume_from: str | None = None
     # When the sweeper wrote it (wall clock, seconds since the epoch; ``write`` sets it): the start of
-    # the trial's wait for a worker (its run's ``phase.wait_slot_seconds``, lenet_sweep.runtime)
+    # the trial's wait for a worker (its run's ``phase.wait_slot_seconds``, lenet_sweep.training.runtime)
     written_at: float | None = None
     # Whether the monitored values go to Optuna as intermediate values, for the pruner to judge; false
     # (several objectives, or one no epoch reports): only the count of epochs reported (PROGRESS_ATTR)
@@ -98,7 +98,7 @@ class Job:
                    TrialPayload.read(output_dir) if multirun else None)
 
 
-#: what every epoch logs (lenet_sweep.run_record.EpochLogger's logs)
+#: what every epoch logs (lenet_sweep.training.record.EpochLogger's logs)
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 #: the trial's system attr counting its epochs reported when no intermediate value is (the stall watch's)
 PROGRESS_ATTR = "epochs_reported"

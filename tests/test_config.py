@@ -74,7 +74,7 @@ def test_the_optimizer_is_chosen_by_its_group_not_by_its_name_key(overrides):
 def test_the_optimizer_is_instantiated_from_its_group_with_lr_as_keras_learning_rate():
     from omegaconf import OmegaConf, open_dict
 
-    from lenet_sweep.train import make_optimizer
+    from lenet_sweep.training.train import make_optimizer
 
     sgd = make_optimizer(compose_cfg(["optimizer.lr=0.25", "optimizer.momentum=0.5",
                                       "optimizer.nesterov=true"]).optimizer)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY, all_runs, compose_cfg
-from lenet_sweep import data, fast_fit
+from lenet_sweep import data
 from lenet_sweep.config import ConfigError, validate
-from lenet_sweep.model import build_lenet
-from lenet_sweep.train import make_optimizer, train
+from lenet_sweep.model import build_lenet, fast_fit
+from lenet_sweep.training.train import make_optimizer, train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Pictures of one run: files from lenet_sweep.figures, and the artifacts and metrics a real run logs."""
+"""Pictures of one run: files from lenet_sweep.training.figures, and the artifacts and metrics a real run logs."""
 
 import csv
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY, all_runs, compose_cfg
-from lenet_sweep import figures
 from lenet_sweep.data import CLASS_NAMES
+from lenet_sweep.training import figures
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -51,7 +51,7 @@ def test_write_run_figures_files(tmp_path):
 
 
 def test_tiny_run_logs_figures_and_per_class_accuracy(tmp_path, mlflow_uri, client):
-    from lenet_sweep.train import train
+    from lenet_sweep.training.train import train
 
     metrics = train(compose_cfg([*TINY, f"mlflow.tracking_uri={mlflow_uri}", "data.normalize=true",
                                  "model.activation=relu", "optimizer.lr=0.1"]))

@@ -15,23 +15,25 @@ import sys
 import pytest
 
 RULES = {
-    "lenet_sweep.model": ["mlflow", "optuna", "lenet_sweep.sweep", "lenet_sweep.tracking"],
-    "lenet_sweep.packed": ["mlflow", "optuna", "lenet_sweep.sweep", "lenet_sweep.tracking"],
-    "lenet_sweep.run_record": ["optuna", "lenet_sweep.sweep", "lenet_sweep.trial", "lenet_sweep.train"],
-    "lenet_sweep.train": ["optuna", "lenet_sweep.sweep", "lenet_sweep.trial"],
-    "lenet_sweep.pack_worker": ["lenet_sweep.sweep"],
+    "lenet_sweep.model": ["mlflow", "optuna", "lenet_sweep.sweep", "lenet_sweep.tracking", "lenet_sweep.training", "lenet_sweep.pack"],
+    "lenet_sweep.model.packed": ["mlflow", "optuna", "lenet_sweep.sweep", "lenet_sweep.tracking", "lenet_sweep.training", "lenet_sweep.pack"],
+    "lenet_sweep.training.record": ["optuna", "lenet_sweep.sweep", "lenet_sweep.trial", "lenet_sweep.training.train"],
+    "lenet_sweep.training.train": ["optuna", "lenet_sweep.sweep", "lenet_sweep.trial"],
+    "lenet_sweep.pack.worker": ["lenet_sweep.sweep"],
     "lenet_sweep.config": ["mlflow", "optuna", "tensorflow"],
-    "lenet_sweep.packing": ["tensorflow", "mlflow", "optuna", "lenet_sweep.sweep"],
+    "lenet_sweep.pack.rules": ["tensorflow", "mlflow", "optuna", "lenet_sweep.sweep"],
     "lenet_sweep.data": ["mlflow", "optuna", "tensorflow", "lenet_sweep.sweep"],
     "lenet_sweep.builders": ["mlflow", "optuna", "tensorflow", "lenet_sweep.sweep"],
     "lenet_sweep.tracking": ["optuna", "tensorflow", "lenet_sweep.sweep"],
-    "lenet_sweep.trial": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"],
-    "lenet_sweep.report": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.train"],
-    "lenet_sweep.sweep.plan": ["tensorflow", "lenet_sweep.train", "lenet_sweep.model"],
-    "lenet_sweep.sweep.runner": ["tensorflow", "lenet_sweep.train", "lenet_sweep.model"],
-    "lenet_sweep.sweep.pack_pool": ["tensorflow", "lenet_sweep.train", "lenet_sweep.pack_worker"],
-    "hydra_plugins.lenet_sweep_optuna.optuna_sweeper": ["tensorflow", "lenet_sweep.train"],
-    "hydra_plugins.lenet_sweep_optuna.pool_launcher": ["tensorflow", "lenet_sweep.train"],
+    "lenet_sweep.trial": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.training.train"],
+    "lenet_sweep.report": ["tensorflow", "lenet_sweep.sweep", "lenet_sweep.training.train"],
+    "lenet_sweep.sweep.plan": ["tensorflow", "lenet_sweep.training.train", "lenet_sweep.model"],
+    "lenet_sweep.sweep.runner": ["tensorflow", "lenet_sweep.training.train", "lenet_sweep.model"],
+    "lenet_sweep.sweep.lifecycle": ["tensorflow", "lenet_sweep.training.train", "lenet_sweep.model"],
+    "lenet_sweep.sweep.loop": ["tensorflow", "lenet_sweep.training.train", "lenet_sweep.model"],
+    "lenet_sweep.pack.pool": ["tensorflow", "lenet_sweep.training.train", "lenet_sweep.pack.worker"],
+    "hydra_plugins.lenet_sweep_optuna.optuna_sweeper": ["tensorflow", "lenet_sweep.training.train"],
+    "hydra_plugins.lenet_sweep_optuna.pool_launcher": ["tensorflow", "lenet_sweep.training.train"],
 }
 #: the first five import TensorFlow; the rest must not
 CHAINS = [list(RULES)[:5], list(RULES)[5:]]

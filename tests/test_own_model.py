@@ -21,7 +21,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from conftest import all_runs, compose_cfg, parents_and_children, run_cli, sweep_args
 from lenet_sweep import PROJECT_ROOT, builders, data
 from lenet_sweep.config import ConfigError, validate
-from lenet_sweep.packing import unpackable
+from lenet_sweep.pack.rules import unpackable
 
 README = PROJECT_ROOT / "README.md"
 TINY_MLP = ["model=mlp", "data.train_limit=300", "data.test_limit=200", "trainer.epochs=1",
@@ -211,7 +211,7 @@ def test_a_data_builder_returning_other_than_arrays_is_refused(user_module, monk
 def test_an_interrupted_mlp_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path):
     import keras
 
-    from lenet_sweep.train import train
+    from lenet_sweep.training.train import train
 
     class Interrupt(keras.callbacks.Callback):  # Ctrl-C at the end of epoch 1, before its checkpoint
         def on_epoch_end(self, epoch, logs=None):

@@ -1,4 +1,4 @@
-"""Packed trials (lenet_sweep.packed): K LeNets in one fused graph train as K separate LeNets would.
+"""Packed trials (lenet_sweep.model.packed): K LeNets in one fused graph train as K separate LeNets would.
 
 Tolerances: the fused graph runs the same float32 maths as Keras' layers in other kernels (a
 depthwise convolution instead of conv2d, batched matmuls, another summation order), so single
@@ -19,10 +19,10 @@ import tensorflow as tf
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from lenet_sweep import data, fast_fit
-from lenet_sweep.model import build_lenet
-from lenet_sweep.packed import PackedLeNet, SlotParams
-from lenet_sweep.train import make_optimizer
+from lenet_sweep import data
+from lenet_sweep.model import build_lenet, fast_fit
+from lenet_sweep.model.packed import PackedLeNet, SlotParams
+from lenet_sweep.training.train import make_optimizer
 
 #: sigmoid hidden layers (no kinks), softmax output, normalised pixels: rounding does not grow
 WELL = SlotParams(lr=0.1, momentum=0.9, nesterov=False, activation="sigmoid")
@@ -36,7 +36,7 @@ def small():
 
 
 def lenet(model_cfg, params: SlotParams, seed: int):
-    """The standalone run's model: seeded as lenet_sweep.train.train seeds it."""
+    """The standalone run's model: seeded as lenet_sweep.training.train.train seeds it."""
     keras.utils.set_random_seed(seed)
     model = build_lenet(OmegaConf.merge(model_cfg, {"activation": params.activation}))
     opt = compose_cfg([f"optimizer.lr={params.lr}", f"optimizer.momentum={params.momentum}",

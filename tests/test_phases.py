@@ -1,4 +1,4 @@
-"""Where a trial's time goes (lenet_sweep.runtime): each run records its phases, and a packed worker
+"""Where a trial's time goes (lenet_sweep.training.runtime): each run records its phases, and a packed worker
 keeps its pack training — a trial enters at the first epoch boundary after it arrives (prepared by
 the starter thread meanwhile), the pack's width follows its live trials, and ending trials are
 evaluated by one traced evaluator.
@@ -17,9 +17,10 @@ import optuna
 import pytest
 
 from conftest import CALM, TINY, all_runs, compose_cfg, parents_and_children, run_cli, sweep_args
-from lenet_sweep import runtime, tracking
+from lenet_sweep import tracking
 from lenet_sweep.stores import open_optuna_storage
-from lenet_sweep.train import train
+from lenet_sweep.training import runtime
+from lenet_sweep.training.train import train
 from lenet_sweep.trial import Reporter, TrialPayload
 
 PHASES = [runtime.phase_metric(p) for p in runtime.PHASES]
@@ -42,8 +43,9 @@ spec = json.loads(sys.argv[1])
 with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     loader = GlobalHydra.instance().config_loader()
     config = loader.load_configuration("config", spec["sweep"], RunMode.MULTIRUN)
-    from lenet_sweep import runtime, trial
-    from lenet_sweep.pack_worker import PackWorker
+    from lenet_sweep import trial
+    from lenet_sweep.pack.worker import PackWorker
+    from lenet_sweep.training import runtime
     from lenet_sweep.trial import TrialPayload
     inbox, ends, pending = queue.Queue(), [], {int(k): v for k, v in spec["after"].items()}
 

@@ -19,7 +19,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from conftest import MLFLOW, TINY, all_runs, compose_cfg, free_port, stop, wait_healthy
 from lenet_sweep import PROJECT_ROOT, data, registry
-from lenet_sweep.train import train
+from lenet_sweep.training.train import train
 
 #: learns something in one tiny epoch, with normalised pixels (the served model then scales them)
 LEARNS = ["model.activation=relu", "optimizer.lr=0.1", "data.normalize=true"]

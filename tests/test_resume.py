@@ -1,4 +1,4 @@
-"""Resuming (lenet_sweep.checkpoint): a run interrupted after some epochs, resumed, ends EXACTLY as
+"""Resuming (lenet_sweep.training.checkpoint): a run interrupted after some epochs, resumed, ends EXACTLY as
 the same run uninterrupted, with one MLflow series and no step twice.
 
 Exact equality, no tolerance: on one machine the same float operations in the same order give the
@@ -24,11 +24,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, all_runs, compose_cfg, run_cli
-from lenet_sweep import checkpoint, data, tracking
+from lenet_sweep import data, tracking
 from lenet_sweep.config import ConfigError
-from lenet_sweep.packed import PackedLeNet, SlotParams
+from lenet_sweep.model.packed import PackedLeNet, SlotParams
 from lenet_sweep.stores import open_optuna_storage
-from lenet_sweep.train import PruningCallback, train
+from lenet_sweep.training import checkpoint
+from lenet_sweep.training.train import PruningCallback, train
 from lenet_sweep.trial import Reporter, TrialPayload
 
 #: a run that learns (val_accuracy 0.1 -> 0.6 over 3 epochs on TINY's 460 images): no value repeats
@@ -375,7 +376,7 @@ sweep, jobs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     loader = GlobalHydra.instance().config_loader()
     config = loader.load_configuration("config", sweep, RunMode.MULTIRUN)
-    from lenet_sweep.pack_worker import PackWorker
+    from lenet_sweep.pack.worker import PackWorker
     inbox, ends = queue.Queue(), []
     for job in jobs:
         inbox.put(tuple(job))
@@ -388,7 +389,7 @@ with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
 
 
 def pack_worker(tmp_path, sweep, jobs, wait=True):
-    """A real packed worker (lenet_sweep.pack_worker.PackWorker, a pack of 2) in its own process,
+    """A real packed worker (lenet_sweep.pack.worker.PackWorker, a pack of 2) in its own process,
     fed ``jobs`` ([idx, overrides]) as the sweeper's pool feeds it."""
     cmd = [sys.executable, "-c", PACK_SCRIPT, json.dumps(sweep), json.dumps(jobs)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

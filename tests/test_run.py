@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY, all_runs, compose_cfg, run_cli
 from lenet_sweep.model import build_lenet
-from lenet_sweep.train import train
+from lenet_sweep.training.train import train
 
 
 @pytest.mark.xdist_group("single_run")

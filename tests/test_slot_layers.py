@@ -1,4 +1,4 @@
-"""The slot-axis model (build_lenet(..., slots=K), lenet_sweep.slot_layers): one definition of the
+"""The slot-axis model (build_lenet(..., slots=K), lenet_sweep.model.slot_layers): one definition of the
 network, K plain LeNets computed as one, in every formulation of the slot convolution.
 
 Tolerance: one forward and backward pass of the same float32 maths in other kernels (depthwise,
@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from lenet_sweep import data
 from lenet_sweep.model import build_lenet
-from lenet_sweep.packed import PackedLeNet, SlotParams
-from lenet_sweep.slot_layers import call_slots
+from lenet_sweep.model.packed import PackedLeNet, SlotParams
+from lenet_sweep.model.slot_layers import call_slots
 
 
 @pytest.fixture(scope="module")

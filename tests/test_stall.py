@@ -64,7 +64,7 @@ def test_before_any_epoch_the_floor_holds_and_ended_trials_are_forgotten():
 
 
 def test_a_packed_workers_spare_is_watched_from_when_it_enters_its_slot():
-    """A packed worker holds one trial more than its slots (lenet_sweep.sweep.pack_pool.SPARE): it
+    """A packed worker holds one trial more than its slots (lenet_sweep.pack.pool.SPARE): it
     is RUNNING while it waits for a slot, silent by design, until its user attr ``pack`` is set."""
     clock = Clock()
     watch = StallWatch(factor=10, floor=60, clock=clock, waiting=lambda t: PACK_ATTR not in t.user_attrs)

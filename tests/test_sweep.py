@@ -18,9 +18,10 @@ from optuna.trial import TrialState
 
 from conftest import (CALM, TINY, alive, all_runs, child_pids, compose_cfg, copy_stores, load,
                       parents_and_children, run_cli, sweep_args)
-from lenet_sweep.sweep.console import SweepConsole
+from lenet_sweep.sweep.lifecycle import TrialLifecycle
+from lenet_sweep.sweep.loop import SweepLoop
+from lenet_sweep.sweep.phases import SweepPhases
 from lenet_sweep.sweep.plan import SweepPlan, search_space, sweep_settings
-from lenet_sweep.sweep.runner import SweepRunner
 
 
 @pytest.mark.sweep
@@ -198,17 +199,15 @@ def test_nan_or_non_numeric_objective_is_told_as_fail(tmp_path, client):
     from lenet_sweep.stores import open_optuna_storage
 
     study = optuna.create_study(study_name="s", storage=open_optuna_storage(str(tmp_path / "j.journal")))
-    runner = SweepRunner({"n_trials": 3, "params": {}})
-    runner.plan = SweepPlan(runner.settings, n_trials=3, sweep_dir=tmp_path)
-    runner.client = client
-    runner.console = SweepConsole(3, ["val_accuracy"])
+    settings = sweep_settings({"n_trials": 3, "params": {}})
     exp = client.create_experiment("e")
+    trials = TrialLifecycle(SweepPlan(settings, n_trials=3, sweep_dir=tmp_path), None, study, client, exp)
     for value, reason in [(math.nan, "the objective is nan"), (math.inf, "the objective is inf"),
                           ("high", "the run returned 'high', not a number")]:
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         run_id = client.create_run(exp).info.run_id
         ret = JobReturn(status=JobStatus.COMPLETED, _return_value=value)
-        assert runner._tell(study, trial, ret, run_id) == TrialState.FAIL
+        assert trials.tell(trial, ret, run_id) == TrialState.FAIL
         frozen = study.trials[trial.number]
         assert frozen.user_attrs["fail_reason"] == reason
         run = client.get_run(run_id)
@@ -294,16 +293,16 @@ def test_a_failure_between_ask_and_launch_leaves_nothing_running(tmp_path, clien
 
     storage_url = str(tmp_path / "j.journal")
     study = optuna.create_study(study_name="s", storage=open_optuna_storage(storage_url))
-    runner = SweepRunner({"n_trials": 2, "params": {}, "timeout": None, "max_failure_rate": 0.5,
-                          "retry_failed": 0})
+    settings = sweep_settings({"n_trials": 2, "params": {}, "timeout": None, "max_failure_rate": 0.5,
+                               "retry_failed": 0})
     # one trial at a time, unpacked, no pruning (the plan's defaults)
-    runner.plan = SweepPlan(runner.settings, n_trials=2, storage_url=storage_url, sweep_dir=tmp_path / "multirun")
-    runner.client, runner.launcher, runner.in_flight = client, RefusingLauncher(), 1
-    runner.config = OmegaConf.create({"objective": "val_accuracy"})
-    runner.experiment_id = client.create_experiment("e")
-    runner.parent_id = client.create_run(runner.experiment_id).info.run_id
+    plan = SweepPlan(settings, n_trials=2, storage_url=storage_url, sweep_dir=tmp_path / "multirun",
+                     space={"x": optuna.distributions.FloatDistribution(0, 1)})
+    trials = TrialLifecycle(plan, OmegaConf.create({"objective": "val_accuracy"}), study, client,
+                            client.create_experiment("e"))
+    trials.parent_id = client.create_run(trials.experiment_id).info.run_id
     with pytest.raises(RuntimeError, match="cannot start a job"):
-        runner._loop(study, {"x": optuna.distributions.FloatDistribution(0, 1)}, [])
+        SweepLoop(trials, RefusingLauncher(), 1, SweepPhases()).run()
     [trial] = study.trials
     assert trial.state == TrialState.FAIL and "cannot start a job" in trial.user_attrs["fail_reason"]
     child = client.get_run(trial.user_attrs["mlflow_run_id"])

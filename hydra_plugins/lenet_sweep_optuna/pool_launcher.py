@@ -21,7 +21,7 @@ class PoolLauncherConf:
     _target_: str = "hydra_plugins.lenet_sweep_optuna.pool_launcher.PoolLauncher"
     n_workers: Optional[int] = None  # null: the sweeper's n_jobs
     asynchronous: bool = True  # false: the sweeper launches batches and waits for each (a baseline)
-    # trials per worker trained as one fused graph (lenet_sweep.packed); null (the default): chosen from
+    # trials per worker trained as one fused graph (lenet_sweep.model.packed); null (the default): chosen from
     # the devices (lenet_sweep.devices.default_pack) wherever the search space can be packed; 1: unpacked
     pack: Optional[int] = None
     # packed trials' batch orders: independent (each trial its own, from its seed, as it would alone) or
@@ -50,7 +50,7 @@ class PoolLauncher(Launcher):
         (``n_workers`` when set)."""
         if self.pool is None:
             if pack > 1:
-                from lenet_sweep.sweep.pack_pool import PackPool
+                from lenet_sweep.pack.pool import PackPool
 
                 self.pool = PackPool(self.n_workers or -(-n_jobs // pack), pack)
             else:
@@ -83,7 +83,7 @@ class PoolLauncher(Launcher):
 
     def call(self, fn, *args):
         """``fn(*args)`` in one of the pool's workers, TensorFlow loaded there; None when it has none
-        free (lenet_sweep.sweep.pool, lenet_sweep.sweep.pack_pool)."""
+        free (lenet_sweep.sweep.pool, lenet_sweep.pack.pool)."""
         call = getattr(self.pool, "call", None)
         return None if call is None else call(fn, *args)
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from lenet_sweep import devices, stores
-from lenet_sweep.config import UserError, flatten, objective_text, objectives as objective_list
-from lenet_sweep.packing import BATCHES, unpackable
+from lenet_sweep.config import BATCHES, UserError, flatten, objective_text, objectives as objective_list
+from lenet_sweep.pack.rules import unpackable
 from lenet_sweep.sweep import samplers, settings
 from lenet_sweep.sweep.space import (PARAMS, SearchSpaceError, check_values, entry_name, override_key,
                                      parse_space, split_overrides)

@@ -1,39 +1,32 @@
-"""The sweep loop: ask Optuna for trials, launch them through Hydra's launcher, tell the results;
-one MLflow parent run per invocation with a child run per trial."""
+"""One sweep invocation on its plan (:mod:`.plan`): the workers, the stores, the study, the MLflow
+parent run (a child run per trial), the loop (:mod:`.loop`, each trial's life in :mod:`.lifecycle`),
+then the results, the report and the winner's registration."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import sys
-import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from pathlib import Path
+from concurrent.futures import Future
 from typing import Any, Callable, Mapping
 
 import optuna
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lenet_sweep import stores, tracking
 from lenet_sweep.config import UserError, objective_text
-from lenet_sweep.sweep import liveness, runs
+from lenet_sweep.sweep import liveness, runs, study as studies
 from lenet_sweep.sweep.ask_lock import ask_lock
-from lenet_sweep.sweep.console import SweepConsole, params_text, values_text
-from lenet_sweep.sweep import study as studies
-from lenet_sweep.sweep.heartbeat import Heartbeat, heartbeat_interval
+from lenet_sweep.sweep.console import params_text, values_text
+from lenet_sweep.sweep.lifecycle import SweepFailed, TrialLifecycle
+from lenet_sweep.sweep.loop import SweepLoop
 from lenet_sweep.sweep.phases import SweepPhases
-from lenet_sweep.sweep.stall import StallWatch
-from lenet_sweep.sweep.pool import JobFailed, WorkerDied
-from lenet_sweep.trial import PACK_ATTR, TrialPayload, monitor_for
 from lenet_sweep.sweep.plan import SweepError, SweepPlan, make_plan, sweep_settings
-from lenet_sweep.sweep.space import SearchSpaceError, format_override
-
+from lenet_sweep.sweep.space import SearchSpaceError
 
 # ask/tell with a heartbeat is what this sweeper does on purpose; constant_liar and
 # fail_stale_trials are "experimental" in Optuna's terms only
@@ -42,10 +35,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 log = logging.getLogger(__name__)
-
-
-class SweepFailed(UserError, RuntimeError):
-    """The sweep cannot go on (too many failures) or ended with no completed trial."""
 
 
 def one_line_errors(call: Callable[[], Any]) -> Any:
@@ -59,30 +48,6 @@ def one_line_errors(call: Callable[[], Any]) -> Any:
         if tracking.write_error(exc) is None:
             raise
         sys.exit(f"error: {tracking.write_error(exc)}")
-
-
-def _best(study):
-    """The study's best trial so far (several objectives: its Pareto front, a list), or None."""
-    if len(study.directions) > 1:
-        return study.best_trials or None
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-def _values(returned, n: int) -> tuple[list[float] | None, str | None]:
-    """A completed job's return value as the trial's ``n`` values (one per objective), or why not."""
-    try:
-        if n > 1 and isinstance(returned, str):
-            raise TypeError(returned)
-        values = [float(v) for v in returned] if n > 1 else [float(returned)]
-    except (TypeError, ValueError):
-        return None, f"the run returned {returned!r}, not {'a number' if n == 1 else f'{n} numbers'}"
-    if len(values) != n:
-        return None, f"the run returned {len(values)} values for {n} objectives"
-    bad = next((v for v in values if not math.isfinite(v)), None)
-    return (None, f"the objective is {bad}") if bad is not None else (values, None)
 
 
 def _front(study) -> list:
@@ -173,7 +138,8 @@ class SweepRunner:
             study.set_metric_names(self.plan.objectives)
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
-        self._reap(study)
+        trials = TrialLifecycle(plan, self.config, study, self.client, self.experiment_id)
+        trials.reap()
         runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], liveness.dead_here)
         if s["enqueue_seed_trial"]:  # under the ask lock: sweepers starting together enqueue it once
             with ask_lock(study._storage, self.plan.storage_url, study.study_name):
@@ -188,9 +154,9 @@ class SweepRunner:
         try:
             with tracking.open_run(self.client, experiment, run_name=f"sweep-{s['study_name']}",
                                    tags=tags) as parent_id:
-                self.parent_id = parent_id
+                self.parent_id = trials.parent_id = parent_id
                 try:
-                    self._loop(study, plan.space, plan.fixed)
+                    SweepLoop(trials, self.launcher, self.in_flight, self.phases).run()
                     return self._finish(study)  # the workers still up: one registers the winner
                 finally:
                     self.launcher.shutdown()
@@ -218,241 +184,6 @@ class SweepRunner:
         if study.metric_names is not None and study.metric_names != self.plan.objectives:  # other metrics
             raise ValueError(f"{where} for objective={objective_text(study.metric_names)}, not "
                              f"objective={objective_text(self.plan.objectives)}: give a new hydra.sweeper.study_name")
-
-    # -- the loop -----------------------------------------------------------------------------
-    def _loop(self, study, space, fixed) -> None:
-        """Keep ``in_flight`` trials running (``n_jobs``; packed, one more per worker, prepared while its
-        pack trains); start the next one as soon as any finishes. When the
-        budget is taken by other workers' running trials, wait for them (or their heartbeat to
-        stop) rather than end early."""
-        s, launcher = self.plan.settings, self.launcher
-        deadline = time.monotonic() + s["timeout"] if s["timeout"] else None
-        self.heartbeat = heartbeat = Heartbeat(study._storage)
-        poll = heartbeat.interval or 2.0
-        running: dict[Future, tuple[optuna.Trial, str]] = {}
-        stalls = StallWatch(s["stall_factor"], s["stall_floor"],  # a packed trial: once in its slot
-                            waiting=(lambda t: PACK_ATTR not in t.user_attrs) if self.plan.pack > 1 else None)
-        self.console = SweepConsole(self.plan.n_trials, self.plan.objectives)
-        started = None
-        failures = 0
-        try:
-            while True:
-                self._status(study, len(running))
-                self._reap(study)
-                while len(running) < self.in_flight and not self._timed_out(deadline) \
-                        and not getattr(study.sampler, "exhausted", False):
-                    started = self._start(study, space)
-                    if started is None:
-                        break
-                    running[launcher.submit(self._overrides(*started, space, fixed),
-                                            started[0].number)] = started
-                    self.phases.trial_started()
-                    started = None
-                launcher.flush()
-                if not running:
-                    if studies.count_finished(study) >= self.plan.n_trials or self._timed_out(deadline) \
-                            or not studies.count_running(study):
-                        self.phases.trials_ended()
-                        return
-                    time.sleep(poll)  # the rest of the budget runs in other workers
-                    continue
-                done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
-                self._say_stalls(study, stalls, [t for f, (t, _) in running.items() if f not in done])
-                for future in done:
-                    trial, run_id = running.pop(future)
-                    heartbeat.discard(trial._trial_id)
-                    failures += self._tell(study, trial, future.result(), run_id) == TrialState.FAIL
-                    if failures > s["max_failure_rate"] * self.plan.n_trials:
-                        raise SweepFailed(
-                            f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
-                            f"{s['max_failure_rate']} of n_trials={self.plan.n_trials}; last reason: "
-                            f"{study.trials[trial.number].user_attrs.get('fail_reason')}")
-        except BaseException as exc:
-            launcher.shutdown(kill=True)
-            for trial, run_id in [*running.values(), *([started] if started else [])]:
-                self._abandon(study, trial, run_id, exc)
-            raise
-        finally:
-            heartbeat.stop()
-            self.console.close()
-
-    def _status(self, study, running: int) -> None:
-        trials = study.get_trials(deepcopy=False)
-        count = {state: sum(t.state == state for t in trials) for state in (TrialState.PRUNED, TrialState.FAIL)}
-        self.console.status(studies.count_finished(study), running, count[TrialState.PRUNED],
-                            count[TrialState.FAIL], _best(study))
-
-    def _say_stalls(self, study, stalls: StallWatch, trials: list[optuna.Trial]) -> None:
-        """One line when a running trial stops reporting (and when it reports again); the sweep's
-        run gets the numbers of the trials that stalled as its tag ``sweep.stalled_trials``."""
-        before = len(stalls.ever)
-        for line in stalls.check(study._storage.get_trial(t._trial_id) for t in trials):
-            self.console.say(f"[sweep] {line}")
-        if len(stalls.ever) > before:
-            self.client.set_tag(self.parent_id, "sweep.stalled_trials", ",".join(map(str, sorted(stalls.ever))))
-
-    def _timed_out(self, deadline: float | None) -> bool:
-        if deadline is None or time.monotonic() <= deadline:
-            return False
-        if not getattr(self, "said_timeout", False):
-            log.info(f"timeout of {self.plan.settings['timeout']} s reached: no new trial starts")
-            self.said_timeout = True
-        return True
-
-    def _start(self, study, space) -> tuple[optuna.Trial, str] | None:
-        """Ask for a trial if the study's budget allows one; None when it is all taken. A failure
-        after the ask (the MLflow store, ...) fails that trial before it propagates."""
-        with ask_lock(study._storage, self.plan.storage_url, study.study_name):
-            if studies.count_finished(study) + studies.count_running(study) >= self.plan.n_trials:
-                return None
-            trial = study.ask(fixed_distributions=space)
-            self.heartbeat.add(trial._trial_id)
-            trial.set_user_attr("worker", liveness.WORKER)  # before any other sweeper can judge it
-        run_id = None
-        try:
-            if self.plan.extend_space is not None:
-                self._extend(trial)
-            run_id = runs.create_child(self.client, self.experiment_id, self.parent_id,
-                                       study.study_name, trial.number)
-            trial.set_user_attr("mlflow_run_id", run_id)
-            trial.set_user_attr("mlflow_run_url", runs.ui_path(self.client, self.experiment_id, run_id))
-            trial.set_user_attr("output_dir", str(self.plan.sweep_dir / str(trial.number)))
-            monitor, intermediate = monitor_for(self.plan.objectives)
-            TrialPayload(number=trial.number, study_name=study.study_name, storage=self.plan.storage_url,
-                         pruner=self.plan.pruner_config, monitor=monitor, run_id=run_id,
-                         resume_from=self._resume_from(study, trial), intermediate=intermediate
-                         ).write(self.plan.sweep_dir / str(trial.number))
-        except BaseException as exc:
-            self._abandon(study, trial, run_id, exc)
-            raise
-        return trial, run_id
-
-    def _resume_from(self, study, trial) -> str | None:
-        """A retried trial continues from the newest of its failed attempts that left a checkpoint
-        (an attempt that died before its first epoch ended left none)."""
-        from lenet_sweep.checkpoint import path_of  # no TensorFlow there
-
-        storage = study._storage
-        for number in reversed(storage.get_trial(trial._trial_id).system_attrs.get("retry_history", [])):
-            attempt = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-            folder = Path(attempt.user_attrs.get("output_dir") or self.plan.sweep_dir / str(number))  # another
-            if path_of(folder).is_file():  # sweeper of the study may have run it, in its own folder
-                return str(folder.resolve())
-        return None
-
-    def _extend(self, trial) -> None:
-        """The custom search space's suggestions for ``trial``; its failure is the sweep's, in one line."""
-        try:
-            self.plan.extend_space(self.config, trial)
-        except Exception as exc:
-            raise SweepFailed(f"hydra.sweeper.custom_search_space={self.plan.settings['custom_search_space']} failed on "
-                              f"trial {trial.number}: {tracking.error_line(exc, limit=500)}") from None
-
-    def _overrides(self, trial, run_id: str, space, fixed) -> list[str]:
-        """The job's overrides: the trial's parameters (the space's, then any the custom search space
-        suggested), the fixed ones, and its folder (where its :class:`TrialPayload` waits); nothing
-        else of the sweep reaches the job's config."""
-        keys = [*space, *(k for k in trial.params if k not in space)]
-        return [*(format_override(k, trial.params[k]) for k in keys), *fixed,
-                f"hydra.sweep.subdir={trial.number}"]
-
-    def _tell(self, study, trial, ret: JobReturn, run_id: str) -> TrialState | None:
-        """Tell Optuna how the trial ended; None when it failed because its worker died and was
-        queued again (``retry_failed``): that attempt is no failure of the trial's own."""
-        TrialPayload.remove(self.plan.sweep_dir / str(trial.number))
-        reason, retry = None, False
-        if ret.status == JobStatus.COMPLETED:
-            values, reason = _values(ret.return_value, len(study.directions))
-            if reason is None:
-                study.tell(trial, values)
-        elif isinstance(ret._return_value, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            exc = ret._return_value  # from lenet_pool already one line (JobFailed)
-            one_line = isinstance(exc, (JobFailed, WorkerDied))  # already one line, no type needed
-            reason = str(exc)[:1000] if one_line else tracking.error_line(exc, limit=1000)
-            text = exc.traceback_text if isinstance(exc, JobFailed) else exc
-            if text and tracking.ERROR_ARTIFACT not in {a.path for a in self.client.list_artifacts(run_id)}:
-                tracking.log_traceback(self.client, run_id, text)  # failed before its run opened
-            if isinstance(exc, WorkerDied):
-                n = self.plan.settings["retry_failed"]
-                retry = bool(n) and studies.retries_left(study._storage.get_trial(trial._trial_id), n)
-                reason = (f"{exc}; " + (f"queued again with the same parameters (hydra.sweeper.retry_failed={n})"
-                                        if retry else f"not retried (hydra.sweeper.retry_failed={n})"))[:1000]
-        if reason is not None:
-            studies.fail(study, trial._trial_id, reason)
-        frozen = study._storage.get_trial(trial._trial_id)
-        if retry:
-            studies.requeue(study, frozen, self.plan.settings["retry_failed"])
-        if frozen.state == TrialState.PRUNED and frozen.intermediate_values:
-            self.client.set_tag(run_id, "optuna.pruned_at_epoch", max(frozen.intermediate_values))
-        runs.close_child(self.client, run_id, frozen.state, reason)
-        self._report(study, frozen)
-        return None if retry else frozen.state
-
-    def _abandon(self, study, trial, run_id: str | None, exc: BaseException) -> None:
-        """The sweep itself was interrupted or failed around this trial: nothing may stay RUNNING.
-        With ``retry_failed`` the trial is queued again with the same parameters. Never raises: the
-        caller raises ``exc``, and the storage that failed (a full disk) must not keep the other
-        in-flight trials' runs from being closed."""
-        self.heartbeat.discard(trial._trial_id)
-        TrialPayload.remove(self.plan.sweep_dir / str(trial.number))
-        getattr(study.sampler, "forget", lambda number: None)(trial.number)
-        reason = f"sweep interrupted ({tracking.error_line(exc, limit=300)})"
-        try:
-            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                studies.fail(study, trial._trial_id, reason)
-                if self.plan.settings["retry_failed"]:
-                    studies.requeue(study, study._storage.get_trial(trial._trial_id), self.plan.settings["retry_failed"])
-        except Exception as again:  # the study's storage may be what failed: the run is closed anyway
-            log.debug(f"trial {trial.number} not marked FAIL: {again!r}")
-        try:
-            if run_id is not None:
-                runs.close_child(self.client, run_id, TrialState.FAIL, reason, status="KILLED")
-        except Exception as again:
-            log.debug(f"trial {trial.number}'s run {run_id} not closed: {again!r}")
-
-    # -- trials other sweepers left behind ---------------------------------------------------
-    def _reap(self, study) -> None:
-        """Fail the trials of dead sweepers: on this host by process id, on any host by heartbeat
-        (RDB storages). A file storage keeps no heartbeat: a trial another host left RUNNING there
-        cannot be judged, and is named once."""
-        for trial in liveness.fail_dead_local_trials(study):
-            self._on_stale(study, trial)
-        if heartbeat_interval(study._storage):
-            reason = f"its sweeper stopped beating (no heartbeat for {self._grace(study)} s): presumed dead"
-            for trial in liveness.fail_stale_trials(study, reason):
-                self._on_stale(study, trial)
-            return
-        said = self.__dict__.setdefault("said_foreign", set())
-        for trial in liveness.foreign_running(study):
-            if trial.number not in said:
-                said.add(trial.number)
-                log.warning(f"trial {trial.number} runs on {trial.user_attrs.get('worker')}: this "
-                            f"storage keeps no heartbeat, so if that host died the trial stays RUNNING; "
-                            f"use an RDB storage (postgresql+psycopg://...) for sweepers on several hosts")
-
-    def _on_stale(self, study, trial) -> None:
-        """A trial of a dead sweeper was just marked FAIL (by process id, or by heartbeat): say why,
-        end its runs, maybe queue it again."""
-        reason = trial.user_attrs.get("fail_reason")
-        log.warning(f"trial {trial.number} was left RUNNING by a dead sweeper "
-                    f"({trial.user_attrs.get('worker')}): marked FAIL, {reason}")
-        if trial.user_attrs.get("mlflow_run_id"):
-            runs.close_child(self.client, trial.user_attrs["mlflow_run_id"], TrialState.FAIL,
-                             reason, status="KILLED")
-        dead = trial.user_attrs.get("worker")
-        runs.close_dead_parents(self.client, self.experiment_id, study.study_name,
-                                lambda worker: worker is not None and worker == dead)
-        if self.plan.settings["retry_failed"]:
-            studies.requeue(study, trial, self.plan.settings["retry_failed"])
-
-    def _grace(self, study) -> int:
-        """Seconds without a heartbeat after which a trial is failed (Optuna's default: 2 beats)."""
-        return self.plan.settings["grace_period"] or 2 * study._storage.get_heartbeat_interval()
-
-    def _report(self, study, trial) -> None:
-        self.console.ended(trial, studies.count_finished(study), _best(study))
 
     # -- results ------------------------------------------------------------------------------
     def _finish(self, study) -> dict[str, Any]:

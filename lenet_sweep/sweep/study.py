@@ -93,3 +93,13 @@ def count_finished(study: optuna.Study) -> int:
 def count_running(study: optuna.Study) -> int:
     """Trials running anywhere: in this sweeper or any other worker of the study."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def best(study: optuna.Study):
+    """The study's best trial so far (several objectives: its Pareto front, a list), or None."""
+    if len(study.directions) > 1:
+        return study.best_trials or None
+    try:
+        return study.best_trial
+    except ValueError:
+        return None

@@ -7,12 +7,12 @@
   its slots; for SGD with momentum one momentum per weight), so a momentum or Adam run continues
   with the state it had;
 - the epochs completed, the state of the numpy Generator the in-graph loop draws each epoch's batch
-  order from (:mod:`lenet_sweep.fast_fit`, a packed slot's own generator), and the XLA chooser's
+  order from (:mod:`lenet_sweep.model.fast_fit`, a packed slot's own generator), and the XLA chooser's
   state (which variant trains the next chunks);
 - the per-epoch metrics logged so far (the MLflow series a resumed run continues), the MLflow run
   it was written for, and the config it trains (less :data:`UNCHECKED` keys, URL passwords masked).
 
-A packed slot (:mod:`lenet_sweep.pack_worker`) writes the same file in its trial's folder, its SGD
+A packed slot (:mod:`lenet_sweep.pack.worker`) writes the same file in its trial's folder, its SGD
 velocities laid out as Keras' SGD keeps its momentums, so either kind of worker resumes either
 kind's checkpoint.
 
@@ -57,7 +57,7 @@ class Checkpoint:
     config: dict[str, str] = field(default_factory=dict)  # fingerprint(cfg)
     run_id: str | None = None  # the MLflow run the epochs were logged to
     rng: dict | None = None  # numpy ``Generator.bit_generator.state`` after ``epoch`` permutations
-    jit: dict | None = None  # :meth:`lenet_sweep.fast_fit.JitChooser.state`
+    jit: dict | None = None  # :meth:`lenet_sweep.model.fast_fit.JitChooser.state`
 
     def write(self, folder: str | os.PathLike) -> Path:
         """Atomically (temporary file, fsync, rename) into ``folder/checkpoint.npz``."""

@@ -3,7 +3,7 @@ asynchronous loop: ``submit`` returns one future per trial, as :class:`~lenet_sw
 does, and a worker takes a new trial into a freed slot at its next epoch boundary.
 
 Each worker is a one-process ``ProcessPoolExecutor`` (spawned, placed, watched like the unpacked
-pool's workers) running :class:`lenet_sweep.pack_worker.PackWorker` for the whole sweep. Trials go
+pool's workers) running :class:`lenet_sweep.pack.worker.PackWorker` for the whole sweep. Trials go
 to a worker through its own queue; results come back through one shared queue, read by a thread
 here that completes the trials' futures. A worker that dies fails every trial it held.
 """
@@ -52,7 +52,7 @@ def _emit(idx: int, overrides: list[str], value: Any, exc: BaseException | None)
 
 
 def _run_pack(context: bytes, size: int) -> None:
-    from lenet_sweep.pack_worker import PackWorker  # TensorFlow's start-up lines filtered (quiet.py)
+    from lenet_sweep.pack.worker import PackWorker  # TensorFlow's start-up lines filtered (quiet.py)
 
     PackWorker(cloudpickle.loads(context), size, _INBOX, _emit).run()
 

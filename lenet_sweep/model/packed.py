@@ -2,7 +2,7 @@
 
 Trials of one sweep share the architecture and differ in hyperparameters, so K of them train as one
 model whose weights carry a leading slot axis ``[K, ...]``: :func:`build_lenet` with ``slots=K``,
-the same builder as the plain model's, from the slot layers of :mod:`lenet_sweep.slot_layers`
+the same builder as the plain model's, from the slot layers of :mod:`lenet_sweep.model.slot_layers`
 (whatever stack the ``model`` group expresses: filter counts, conv and dense layers). This module
 trains it:
 
@@ -28,14 +28,14 @@ internal matter (lanes move at an epoch boundary when the activation order needs
 trial trains at the speed of a pack of one.
 
 A slot's trial does not depend on its neighbours: its initial weights are those :func:`build_lenet`
-builds after ``keras.utils.set_random_seed(seed)`` (as :func:`lenet_sweep.train.train` does), and
+builds after ``keras.utils.set_random_seed(seed)`` (as :func:`lenet_sweep.training.train.train` does), and
 each epoch it draws its own batch order from its own ``np.random.default_rng(seed)``, as
-:func:`lenet_sweep.fast_fit.fit` does. What the slots share is the architecture (``model`` config
+:func:`lenet_sweep.model.fast_fit.fit` does. What the slots share is the architecture (``model`` config
 less ``activation``), the batch size and the data. A trial's initial state (:meth:`initial_state`)
 can be made in another thread while the pack trains; at the boundary the slot only takes it
 (:meth:`put`).
 
-Knows nothing of MLflow or Optuna (:mod:`lenet_sweep.pack_worker` refills slots as trials end).
+Knows nothing of MLflow or Optuna (:mod:`lenet_sweep.pack.worker` refills slots as trials end).
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from lenet_sweep.fast_fit import EVAL_BATCH
 from lenet_sweep.model import _name, build_lenet
-from lenet_sweep.packing import BATCHES  # PackedLeNet(batches=): each slot its own order, or one stream
-from lenet_sweep.slot_layers import call_slots, conv_formulations
+from lenet_sweep.model.fast_fit import EVAL_BATCH
+from lenet_sweep.config import BATCHES  # PackedLeNet(batches=): each slot its own order, or one stream
+from lenet_sweep.model.slot_layers import call_slots, conv_formulations
 
 
 #: seeding and building a LeNet are one step: Keras' seed generator is per thread, but numpy's,
@@ -254,7 +254,7 @@ class PackedLeNet:
         if batches not in BATCHES:
             raise ValueError(f"batches={batches}: one of {', '.join(BATCHES)}")
         self.model_cfg, self.slots, self.batch_size = model_cfg, slots, batch_size
-        self.formulation = formulation  # the slot convolutions' (lenet_sweep.slot_layers)
+        self.formulation = formulation  # the slot convolutions' (lenet_sweep.model.slot_layers)
         self.batches = batches
         #: ``batches="shared"``: the one batch order every slot trains on, and the orders drawn so far
         self.stream, self.stream_epochs = np.random.default_rng(stream_seed), 0

@@ -18,7 +18,7 @@ Validation runs in batches of :data:`EVAL_BATCH` (the mean is the same, up to fl
 Resuming: ``fit(resume=LoopState(...))`` continues after the epochs a checkpoint holds (the model's
 and optimizer's variables restored by the caller) with the batch order and XLA variant the
 uninterrupted run would have used next, so it ends with the same bits; ``after_epoch`` hands the
-caller the loop's state at each epoch end to save (:mod:`lenet_sweep.checkpoint`).
+caller the loop's state at each epoch end to save (:mod:`lenet_sweep.training.checkpoint`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Which sweep trials can share a pack (``hydra.launcher.pack``): pure config rules, no TensorFlow.
 
-A pack (:mod:`lenet_sweep.packed`) trains trials that differ only in :data:`PACKED_KEYS`; the
+A pack (:mod:`lenet_sweep.model.packed`) trains trials that differ only in :data:`PACKED_KEYS`; the
 sweeper packs a sweep whose search space varies nothing else, and a packed worker refuses a trial
 whose other keys differ from its pack's.
 """
@@ -16,8 +16,6 @@ from lenet_sweep.config import LENET
 #: keys the trials of one pack may differ in
 PACKED_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.nesterov", "model.activation",
                "trainer.epochs", "seed")
-#: ``hydra.launcher.batches``: packed trials' batch orders, each its own or one stream per pack
-BATCHES = ("independent", "shared")
 #: keys that never change what is trained
 UNTRAINED_KEYS = ("trainer.verbose", "mlflow.run_name")
 

@@ -1,5 +1,5 @@
 """What one MLflow run records, from its params to its end: the one place a single run
-(:func:`lenet_sweep.train.train`), an unpacked sweep trial and a packed one (:mod:`lenet_sweep.pack_worker`)
+(:func:`lenet_sweep.training.train.train`), an unpacked sweep trial and a packed one (:mod:`lenet_sweep.pack.worker`)
 are recorded and ended.
 
 :class:`RunRecord` opens with the params, provenance, model table and config (:meth:`~RunRecord.start`),
@@ -27,8 +27,9 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import checkpoint, data, provenance, registry, runtime, tracking
+from lenet_sweep import data, provenance, registry, tracking
 from lenet_sweep.config import TrainingDiverged, UserError
+from lenet_sweep.training import checkpoint, runtime
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def log_figures(client: MlflowClient, run_id: str, predict_classes: Callable[[np
     ``test_accuracy_<class>``, from one prediction pass over the test set. Pictures never fail a run."""
     start = time.perf_counter()
     try:
-        from lenet_sweep import figures
+        from lenet_sweep.training import figures
 
         y_pred = predict_classes(splits.x_test)
         with tempfile.TemporaryDirectory() as tmp:

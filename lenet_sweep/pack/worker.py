@@ -1,13 +1,13 @@
 """A sweep worker that hosts K trials at once (``hydra.launcher.pack=K``): one fused
-:class:`~lenet_sweep.packed.PackedLeNet`, each slot refilled with the next trial at an epoch boundary.
+:class:`~lenet_sweep.model.packed.PackedLeNet`, each slot refilled with the next trial at an epoch boundary.
 
 Each trial arrives as the Hydra job it would be unpacked — its overrides, composed by Hydra's
 ``run_job`` (its folder, ``.hydra/`` files, and the sweeper's :class:`~lenet_sweep.trial.TrialPayload`
 there) — and leaves as that job's ``JobReturn``. Its MLflow child run records what an unpacked
-trial's, through the same :class:`lenet_sweep.run_record.RunRecord` (params, provenance,
+trial's, through the same :class:`lenet_sweep.training.record.RunRecord` (params, provenance,
 per-epoch metrics, test metrics, pictures, ``.weights.h5``, one place that ends the run) plus tags
 ``pack`` (``slot/size``) and ``pack_formulation`` (the slot convolutions'), the pack's width at each epoch (``pack_width``) and its phases
-(:mod:`lenet_sweep.runtime`); its Optuna trial gets each epoch's report and may be pruned.
+(:mod:`lenet_sweep.training.runtime`); its Optuna trial gets each epoch's report and may be pruned.
 
 Three threads keep the pack training:
 
@@ -16,19 +16,19 @@ Three threads keep the pack training:
   weights, a retried trial's checkpoint) while the pack trains; at the next epoch boundary its slot
   only takes the weights and hyperparameters;
 - the main thread trains the pack, epoch after epoch, at the width of its live trials
-  (:mod:`lenet_sweep.packed`);
+  (:mod:`lenet_sweep.model.packed`);
 - the *recorder* evaluates each ending trial on the test set (one traced evaluator per activation,
   weights assigned, never re-traced) and records it, while the pack trains on.
 
 At each pack epoch every training slot keeps its trial's checkpoint in the trial's folder
-(:mod:`lenet_sweep.checkpoint`: the slot's weights, its SGD velocities laid out as Keras' SGD
+(:mod:`lenet_sweep.training.checkpoint`: the slot's weights, its SGD velocities laid out as Keras' SGD
 momentums, its batch-order generator, the history), as an unpacked trial does. A retried trial
 (``TrialPayload.resume_from``: its failed attempt's folder) enters its slot where that attempt's
 checkpoint stood, packed or not: bit for bit the uninterrupted trial when it trains at the same pack
 widths (a lane's arithmetic does not depend on its place or neighbours), equal up to float rounding
 at other widths or unpacked (other kernels).
 
-Like :mod:`lenet_sweep.train`, this is the job side of the sweeper ↔ worker protocol
+Like :mod:`lenet_sweep.training.train`, this is the job side of the sweeper ↔ worker protocol
 (:mod:`lenet_sweep.trial`): it does not import ``lenet_sweep.sweep``.
 """
 
@@ -47,11 +47,12 @@ from typing import Any
 from hydra.core.utils import run_job
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lenet_sweep import checkpoint, devices, runtime, tracking
-from lenet_sweep.config import ConfigError, UserError, objective_value, validate
+from lenet_sweep import devices, tracking
+from lenet_sweep.config import BATCHES, ConfigError, UserError, objective_value, validate
 from lenet_sweep.model import _name, build_lenet, format_shape_table
-from lenet_sweep.packed import BUILD_LOCK, PackedLeNet, SlotParams, SlotState, restore_rng
-from lenet_sweep.packing import BATCHES, PACKED_KEYS, shared_part, unpackable
+from lenet_sweep.model.packed import BUILD_LOCK, PackedLeNet, SlotParams, SlotState, restore_rng
+from lenet_sweep.pack.rules import PACKED_KEYS, shared_part, unpackable
+from lenet_sweep.training import checkpoint, runtime
 from lenet_sweep.trial import Reporter, TrialPayload
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Trial:
     output_dir: Path
     payload: TrialPayload
     reporter: Reporter
-    record: Any  # lenet_sweep.run_record.RunRecord: its run, epoch logger and phases
+    record: Any  # lenet_sweep.training.record.RunRecord: its run, epoch logger and phases
     state: SlotState | None  # what its slot takes at the boundary (None once it entered)
     setup_seconds: float = 0.0
     epoch: int = 0  # epochs trained (the last one's number: epochs count from 1)
@@ -195,7 +196,7 @@ class PackWorker:
     def _prepare(self, idx: int, overrides: list[str]) -> Trial | None:
         """Everything the trial needs before its first step; None when it failed (then its end is
         emitted here)."""
-        from lenet_sweep.run_record import RunRecord
+        from lenet_sweep.training.record import RunRecord
 
         phases = runtime.Phases()
         trial = opened = None
@@ -395,7 +396,7 @@ class PackWorker:
     def _evaluator(self, cfg: DictConfig):
         """The recorder's standard LeNet of this activation (compiled for evaluation) and its traced
         test and prediction graphs, made once: each ending trial's weights are assigned to it."""
-        from lenet_sweep import fast_fit
+        from lenet_sweep.model import fast_fit
 
         activation = _name(cfg.model.activation)
         if activation not in self.evaluators:
@@ -408,7 +409,7 @@ class PackWorker:
         return self.evaluators[activation]
 
     def _record(self, trial: Trial, weights) -> None:
-        """In the recorder thread: what :func:`lenet_sweep.train.train` records after training."""
+        """In the recorder thread: what :func:`lenet_sweep.training.train.train` records after training."""
         trial.phases.enter("evaluate")
         try:
             model, tester = self._evaluator(trial.cfg)

@@ -21,7 +21,7 @@ step; 0 when it trained none) just before the run ends; they follow one another 
 A failed trial logs the phases it went through (the one it failed in included).
 
 A packed trial also logs ``pack_width`` at each epoch: the lanes its pack computed that epoch
-(:mod:`lenet_sweep.packed`: the width follows the live trials).
+(:mod:`lenet_sweep.model.packed`: the width follows the live trials).
 
 No TensorFlow here (:func:`tensors` imports it when called).
 """

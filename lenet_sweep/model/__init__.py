@@ -22,16 +22,16 @@ def _name(value) -> str:
 def build_lenet(model_cfg, input_shape=(28, 28, 1), slots: int | None = None,
                 formulation: str | Sequence[str | None] | None = None) -> keras.Sequential:
     """LeNet-5 from the model config. ``slots=K``: K of them fused into one model
-    (:mod:`lenet_sweep.slot_layers`) taking ``[B, H, W, K·C]`` (slot k's images on channels
+    (:mod:`lenet_sweep.model.slot_layers`) taking ``[B, H, W, K·C]`` (slot k's images on channels
     k·C … k·C + C − 1) and giving each slot's logits ``[B, K, classes]`` (the trainer applies
     ``output_activation``, as Keras' loss reads the logits under a sigmoid or softmax output), the
     hidden activation chosen per slot by each layer's ``relu`` weight; ``trainable_weights[i][k]``
     is slot k's ``weights[i]`` of the plain model. ``formulation``: the slot convolutions', one for
-    all or one per convolution (None: :func:`~lenet_sweep.slot_layers.default_formulation`)."""
+    all or one per convolution (None: :func:`~lenet_sweep.model.slot_layers.default_formulation`)."""
     hidden, output = _name(model_cfg.activation), _name(model_cfg.output_activation)
     conv, dense, flatten = layers.Conv2D, layers.Dense, layers.Flatten
     if slots is not None:
-        from lenet_sweep import slot_layers as fused
+        from lenet_sweep.model import slot_layers as fused
 
         conv = partial(fused.SlotConv2D, slots)
         dense, flatten = partial(fused.SlotDense, slots), partial(fused.SlotFlatten, slots)

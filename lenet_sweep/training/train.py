@@ -1,5 +1,5 @@
 """train(cfg) -> metrics: data, model, fit with callbacks, evaluate, everything recorded to MLflow
-(lenet_sweep.run_record); a checkpoint at each epoch end, and resuming from one (lenet_sweep.checkpoint)."""
+(lenet_sweep.training.record); a checkpoint at each epoch end, and resuming from one (lenet_sweep.training.checkpoint)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_sweep import builders, checkpoint, data, devices, runtime, tracking
+from lenet_sweep import builders, data, devices, tracking
 from lenet_sweep.config import ConfigError, validate
 from lenet_sweep.model import format_shape_table
 from lenet_sweep.quiet import startup_lines_filtered
-from lenet_sweep.run_record import RunRecord
+from lenet_sweep.training import checkpoint, runtime
+from lenet_sweep.training.record import RunRecord
 
 if TYPE_CHECKING:
     from lenet_sweep.trial import Job
@@ -68,9 +69,9 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits, call
                   after_epoch=None, phases: runtime.Phases | None = None,
                   ) -> tuple[dict[str, float], Callable[[np.ndarray], np.ndarray], bool]:
     """Train as ``cfg.trainer`` says, then evaluate on the test set: the in-graph loop over tensors
-    (``trainer.fast=true``, :mod:`lenet_sweep.fast_fit`) or Keras ``fit`` on tf.data.
+    (``trainer.fast=true``, :mod:`lenet_sweep.model.fast_fit`) or Keras ``fit`` on tf.data.
 
-    ``resume`` (a :class:`~lenet_sweep.fast_fit.LoopState`, the variables already restored):
+    ``resume`` (a :class:`~lenet_sweep.model.fast_fit.LoopState`, the variables already restored):
     continue after its epochs; ``after_epoch(LoopState)`` at every epoch end that training goes on
     from (the checkpoint).
 
@@ -81,7 +82,7 @@ def _fit_and_test(model: keras.Model, cfg: DictConfig, splits: data.Splits, call
     tc = cfg.trainer
     enter = phases.enter if phases is not None else (lambda name: 0.0)
     if tc.fast:
-        from lenet_sweep import fast_fit
+        from lenet_sweep.model import fast_fit
 
         t = runtime.tensors(splits)
         order_seed = cfg.seed if tc.stream_seed is None else tc.stream_seed  # batch orders' generator
@@ -148,7 +149,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.model.stop_training:
-            from lenet_sweep.fast_fit import LoopState
+            from lenet_sweep.model.fast_fit import LoopState
 
             self.save(LoopState(epoch + 1))
 
@@ -220,16 +221,16 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
     a new run or into ``run_id`` (a sweep trial's child run, created by the sweeper).
 
     At each epoch end the run's checkpoint goes to its job folder (``trainer.checkpoint*``,
-    :mod:`lenet_sweep.checkpoint`). ``trainer.resume=<job folder>`` continues an interrupted run in
+    :mod:`lenet_sweep.training.checkpoint`). ``trainer.resume=<job folder>`` continues an interrupted run in
     its own MLflow run; ``resume_from`` (or a sweep trial's ``TrialPayload.resume_from``) continues a
     failed attempt's checkpoint in ``run_id``, whose run gets the earlier epochs first (as do the
     callbacks with a ``replay(history)`` method: :class:`PruningCallback` reports them to Optuna).
 
-    The run's phases (``phase.*_seconds``, :mod:`lenet_sweep.runtime`) are logged before it ends.
+    The run's phases (``phase.*_seconds``, :mod:`lenet_sweep.training.runtime`) are logged before it ends.
 
     ``job``: what this run is (:class:`lenet_sweep.trial.Job`; None: read from Hydra here).
 
-    Returns what :func:`lenet_sweep.run_record.record_end` returns.
+    Returns what :func:`lenet_sweep.training.record.record_end` returns.
     """
     started = time.time()
     phases = runtime.Phases()
@@ -285,7 +286,7 @@ def train(cfg: DictConfig, callbacks: Sequence[keras.callbacks.Callback] = (),
             save = _saver(folder, model, record, checkpoint.fingerprint(cfg)) if folder else None
             loop = None
             if ckpt is not None:
-                from lenet_sweep.fast_fit import LoopState
+                from lenet_sweep.model.fast_fit import LoopState
 
                 checkpoint.restore_model(model, ckpt)
                 loop = LoopState(ckpt.epoch, ckpt.rng, ckpt.jit)
