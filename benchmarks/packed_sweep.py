@@ -11,7 +11,8 @@ same trial budget, data (the first --images training images, raw pixels, batch 3
   pack=K       ... hydra.launcher.pack=K hydra.sweeper.n_jobs=K          (K trials in one fused graph)
   plain Optuna optuna.create_study + study.optimize, Keras fit one epoch at a time, trial.report and
                should_prune (no tracking): what a user writes by hand
-  KerasTuner   keras_tuner.Hyperband(max_epochs=--epochs, factor=3, seed 0) on the same space and data,
+  KerasTuner   keras_tuner.Hyperband(max_epochs=--epochs, factor=3, one iteration, seed 0: 10 trials at
+               4 epochs) on the same space and data,
                when keras-tuner is installed (pip install -e ".[bench]"); its trial count is Hyperband's
 Prints wall seconds, trial-epochs trained per minute (epochs reported by all trials), best
 val_accuracy, and each arm's ratios to the pack=1 and the plain arms.
@@ -109,8 +110,8 @@ def keras_tuner_arm(args) -> None:
                       hp.Boolean("nesterov"))
 
     with tempfile.TemporaryDirectory(prefix="kt_bench_") as tmp:
-        tuner = kt.Hyperband(build, objective="val_accuracy", max_epochs=args.epochs, factor=3, seed=0,
-                             directory=tmp, project_name="lenet")
+        tuner = kt.Hyperband(build, objective="val_accuracy", max_epochs=args.epochs, factor=3,
+                             hyperband_iterations=1, seed=0, directory=tmp, project_name="lenet")
         tuner.search(s.x_train, s.y_train, batch_size=32, validation_data=(s.x_val, s.y_val), verbose=0)
         trials = list(tuner.oracle.trials.values())
         epochs = sum(t.hyperparameters.get("tuner/epochs") - t.hyperparameters.get("tuner/initial_epoch")
