@@ -53,14 +53,15 @@ def loss_and_grads(model, x, y, **call):
 @pytest.mark.parametrize("activations, shared", [
     (("sigmoid", "relu", "relu"), None),  # each slot's relu weight decides (a blend of both)
     (("sigmoid", "relu", "relu"), 1),  # slot 0 sigmoid, the others ReLU: one activation per range
-    (("relu",) * 3, "relu"), (("sigmoid",) * 3, "sigmoid")])  # one activation for all
+    (("relu",) * 3, "relu"), (("sigmoid",) * 3, "sigmoid"),  # one activation for all
+    (("sigmoid",), None), (("relu",), "relu")])  # a pack of one: its own matmul and flatten path
 def test_each_formulation_computes_k_separate_lenets_forward_and_backward(images, formulation, activations,
                                                                            shared):
     """Each way the packed trainer has the slots' hidden activations computed."""
     x, y = images
     cfg = compose_cfg(["model.output_activation=softmax"]).model
     plain, fused = plain_and_fused(cfg, activations, formulation)
-    batches = [slice(32 * k, 32 * (k + 1)) for k in range(3)]  # each slot its own images
+    batches = [slice(32 * k, 32 * (k + 1)) for k in range(len(activations))]  # each slot its own images
     logits, grads = loss_and_grads(fused, np.concatenate([x[b] for b in batches], -1),
                                    np.stack([y[b] for b in batches], 1), shared_activation=shared)
     for k, (model, b) in enumerate(zip(plain, batches)):
