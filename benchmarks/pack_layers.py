@@ -10,6 +10,8 @@ whose input is the images): microseconds per step, and the sum as trial-samples/
 time; the loss, update and batch gather left out). ``one stream`` rows give the first convolution
 one batch for all slots (``PackedLeNet(batches="shared")``, evaluation): one ``conv2d`` with
 K·filters outputs. One activation for all slots (sigmoid), as a pack whose live trials agree.
+``--precision bfloat16``: the model built under Keras' ``mixed_bfloat16`` policy (bf16 compute,
+float32 weights), for CPUs with bf16 units (``avx512_bf16``, ``amx_bf16``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _step(layer, x, sink, first: bool):
             with tf.GradientTape() as tape:
                 total = tf.reduce_sum(call())
             grads = tape.gradient(total, wrt)
-            sink.assign_add(tf.add_n([g[(0,) * g.shape.rank] for g in grads]))  # used: not pruned
+            sink.assign_add(tf.add_n([tf.cast(g[(0,) * g.shape.rank], tf.float32) for g in grads]))  # used: not pruned
 
     return call, loop
 
@@ -74,23 +76,27 @@ def main() -> None:
     p.add_argument("--formulations", nargs="+", default=["default", "per_slot", "patches"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     args = p.parse_args()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), "?")
     print(f"CPU: {model}, {len(os.sched_getaffinity(0))} cores; batch {args.batch}; "
           f"µs per step, forward + backward of the layer alone\n")
-    print("| K | formulation | input | " + " | ".join(
+    import keras
+
+    print("| K | formulation | input | precision | " + " | ".join(
         ["conv1", "pool1", "conv2", "pool2", "flatten", "dense1", "dense2", "dense3"])
         + " | sum | trial-samples/s |")
-    print("|---" * 13 + "|")
-    for k in args.packs:
+    print("|---" * 14 + "|")
+    for k, precision in ((k, p) for k in args.packs for p in args.precision):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
         for form in args.formulations:
             for one_stream in ([False, True] if k > 1 else [False]):
                 if form == "patches" and k == 1:
                     continue  # one slot: a plain conv2d whatever the formulation asked
                 rows = layer_times(k, args.batch, None if form == "default" else form, one_stream, args.steps)
                 total = sum(r[2] for r in rows)
-                print(f"| {k} | {form} | {'one stream' if one_stream else 'own batches'} | "
+                print(f"| {k} | {form} | {'one stream' if one_stream else 'own batches'} | {precision} | "
                       + " | ".join(f"{r[2]:,.0f}" for r in rows)
                       + f" | {total:,.0f} | {k * args.batch / total * 1e6:,.0f} |", flush=True)
 

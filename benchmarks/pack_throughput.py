@@ -12,7 +12,10 @@ alike; per arm the median over repeats of the second epoch (the first pays traci
   size; ``--batches``: each slot its own batch order (``independent``) or one stream for all
   (``shared``); ``--activations``: ``mixed`` (half sigmoid, half ReLU: the per-slot blend) or all
   one (the graph traced for one shared activation); ``--formulations``: the slot convolutions'
-  (:mod:`lenet_sweep.model.slot_layers`).
+  (:mod:`lenet_sweep.model.slot_layers`);
+* ``--precision``: ``float32``, or ``bfloat16`` (Keras' ``mixed_bfloat16`` policy set in the arm's
+  process before the model is built: bf16 compute, float32 weights, the loss in float32; worth it only
+  where the CPU has bf16 units, ``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo's flags).
 
 It prints trial-samples/s (training images per second of wall time, summed over the slots), the
 ratio to the fast path, achieved GFLOP/s and that as a share of the machine's fp32 peak.
@@ -79,13 +82,20 @@ def _data(images: int):
     return x[:images].reshape(-1, 28, 28, 1).astype(np.float32) / 255.0, y[:images].astype(np.int32)
 
 
-def fast_path(images: int, batch: int, epochs: int) -> list[float]:
+def _precision(precision: str) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+
+
+def fast_path(arm: str, images: int, batch: int, epochs: int) -> list[float]:
     import keras
 
     from lenet_sweep.config import LeNetConfig
     from lenet_sweep.model import build_lenet, fast_fit
     from omegaconf import OmegaConf
 
+    _precision(arm.split(":")[1])
     x, y = _data(images)
     keras.utils.set_random_seed(0)
     model = build_lenet(OmegaConf.structured(LeNetConfig))
@@ -110,7 +120,8 @@ def pack(arm: str, images: int, batch: int, epochs: int) -> list[float]:
     from lenet_sweep.model.packed import PackedLeNet, SlotParams
     from omegaconf import OmegaConf
 
-    k, activations, formulation, batches = _parse(arm)
+    k, activations, formulation, batches, precision = _parse(arm)
+    _precision(precision)
     x, y = _data(images)
     packed = PackedLeNet(OmegaConf.structured(LeNetConfig), k, batch, x, y,
                          formulation=None if formulation == "default" else formulation, batches=batches)
@@ -125,13 +136,13 @@ def pack(arm: str, images: int, batch: int, epochs: int) -> list[float]:
     return rates
 
 
-def _arm(k: int, activations: str, formulation: str, batches: str) -> str:
-    return f"pack:{k}:{activations}:{formulation}:{batches}"
+def _arm(k: int, activations: str, formulation: str, batches: str, precision: str) -> str:
+    return f"pack:{k}:{activations}:{formulation}:{batches}:{precision}"
 
 
-def _parse(arm: str) -> tuple[int, str, str, str]:
-    _, k, activations, formulation, batches = arm.split(":")
-    return int(k), activations, formulation, batches
+def _parse(arm: str) -> tuple[int, str, str, str, str]:
+    _, k, activations, formulation, batches, precision = arm.split(":")
+    return int(k), activations, formulation, batches, precision
 
 
 def gpu_peak_mib() -> float | None:
@@ -182,19 +193,22 @@ def main() -> None:
                         "per_slot, patches")
     p.add_argument("--batches", nargs="+", default=["independent", "shared"],
                    help="each slot its own batch order, or one stream for all (PackedLeNet batches=)")
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                   help="float32, or bfloat16 (Keras' mixed_bfloat16 policy) for every arm")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        rates = (fast_path(args.images, args.batch, args.epochs) if args.worker == "fast" else
+        rates = (fast_path(args.worker, args.images, args.batch, args.epochs) if args.worker.startswith("fast") else
                  pack(args.worker, args.images, args.batch, args.epochs))
         Path(args.out).write_text(json.dumps({"rates": rates, "peak_mib": gpu_peak_mib()}))
         return
     from omegaconf import OmegaConf
 
     from lenet_sweep.config import LeNetConfig
-    arms = ["fast", *(_arm(k, a, f, b) for k in args.packs for b in args.batches
-                      for f in args.formulations for a in args.activations if k > 1 or a != "mixed")]
+    arms = [arm for p in args.precision for arm in (
+        f"fast:{p}", *(_arm(k, a, f, b, p) for k in args.packs for b in args.batches
+                       for f in args.formulations for a in args.activations if k > 1 or a != "mixed"))]
     results: dict[str, list[float]] = {a: [] for a in arms}
     for r in range(args.repeats):
         for arm in (arms if r % 2 == 0 else arms[::-1]):
@@ -207,13 +221,14 @@ def main() -> None:
     print(f"CPU: {model}; fp32 peak {peak:.0f} GFLOP/s ({how}); {flops / 1e6:.2f} MFLOP per training sample"
           + (f"\nGPU: {gpu} (the % of peak column is the CPU's)" if gpu else ""))
     print(f"batch {args.batch}, {args.images} images, epoch 2..{args.epochs} timed, median of {args.repeats}\n")
-    base = statistics.median(results["fast"])
-    print("| arm | K | activations | formulation | batches | trial-samples/s | x fast path | GFLOP/s "
-          "| % of peak |" + (" GPU peak MiB |" if PEAK_MIB else "") + "\n|---|---|---|---|---|---|---|---|---|"
-          + ("---|" if PEAK_MIB else ""))
+    base = statistics.median(results["fast:float32" if "float32" in args.precision else arms[0]])
+    print(f"x fast path: against the fast path in {'float32' if 'float32' in args.precision else arms[0][5:]}\n")
+    print("| arm | K | activations | formulation | batches | precision | trial-samples/s | x fast path "
+          "| GFLOP/s | % of peak |" + (" GPU peak MiB |" if PEAK_MIB else "")
+          + "\n|---|---|---|---|---|---|---|---|---|---|" + ("---|" if PEAK_MIB else ""))
     for arm in arms:
         rate = statistics.median(results[arm])
-        name = "fast path (1 trial) | 1 | sigmoid | conv2d | own" if arm == "fast" else (
+        name = f"fast path (1 trial) | 1 | sigmoid | conv2d | own | {arm[5:]}" if arm.startswith("fast") else (
             "pack | " + " | ".join(map(str, _parse(arm))))
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {rate * flops / 1e9:.1f} | "
               f"{100 * rate * flops / 1e9 / peak:.1f} |" + (f" {PEAK_MIB.get(arm, 0):,.0f} |" if PEAK_MIB else ""))
@@ -221,10 +236,10 @@ def main() -> None:
     if 1 in args.packs and top > 1:
         print()
         for arm in arms:
-            if arm != "fast" and _parse(arm)[0] == top:
-                _, acts, form, batches = _parse(arm)
-                one = _arm(1, "sigmoid" if acts == "mixed" else acts, form, batches)
-                print(f"K={top} / K=1 ({acts}, {form}, {batches}): "
+            if not arm.startswith("fast") and _parse(arm)[0] == top:
+                _, acts, form, batches, precision = _parse(arm)
+                one = _arm(1, "sigmoid" if acts == "mixed" else acts, form, batches, precision)
+                print(f"K={top} / K=1 ({acts}, {form}, {batches}, {precision}): "
                       f"{statistics.median(results[arm]) / statistics.median(results[one]):.2f}x")
 
 

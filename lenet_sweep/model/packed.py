@@ -190,7 +190,7 @@ class _Lanes:
         logits the activation leaves on its output (``_keras_logits``) and computes softmax
         cross-entropy from them; so does this (the output activation only gives the probabilities
         that accuracy's argmax reads, which saturated sigmoids can tie)."""
-        logits = self.forward(x, shared)
+        logits = tf.cast(self.forward(x, shared), tf.float32)  # a mixed_bfloat16 model's: loss in fp32
         per_sample = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # [B, K]
         probs = tf.nn.softmax(logits) if self.pack.softmax else tf.sigmoid(logits)
         return tf.reduce_mean(per_sample, axis=0), probs
