@@ -63,6 +63,12 @@ class TrialLifecycle:
         self.heartbeat.stop()
         self.console.close()
 
+    def __enter__(self) -> "TrialLifecycle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also when the sweep fails before its loop (the parent run, the seed trial)
+
     # -- ask → start → tell ------------------------------------------------------------------
     def start(self) -> tuple[optuna.Trial, str] | None:
         """Ask for a trial if the study's budget allows one; None when it is all taken. A failure

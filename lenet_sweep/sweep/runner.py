@@ -138,37 +138,37 @@ class SweepRunner:
             study.set_metric_names(self.plan.objectives)
         experiment = self.config.mlflow.experiment_name
         self.experiment_id = tracking.experiment_id(self.client, experiment)  # before any worker
-        trials = TrialLifecycle(plan, self.config, study, self.client, self.experiment_id)
-        trials.reap()
-        runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], liveness.dead_here)
-        if s["enqueue_seed_trial"]:  # under the ask lock: sweepers starting together enqueue it once
-            with ask_lock(study._storage, self.plan.storage_url, study.study_name):
-                note = studies.enqueue_seed_trial(study, plan.space, grid=plan.sampler_name == "grid")
-            if note:
-                log.info(note)
-        tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.plan.storage_url),
-                "optuna.sampler": self.plan.sampler_name, "optuna.pruner": self.plan.pruner_name,
-                "optuna.direction": ",".join(self.plan.directions),
-                "optuna.search_space": json.dumps(plan.space_text, default=str),
-                "sweep_dir": str(self.plan.sweep_dir), "worker": liveness.WORKER}
-        try:
-            with tracking.open_run(self.client, experiment, run_name=f"sweep-{s['study_name']}",
-                                   tags=tags) as parent_id:
-                self.parent_id = trials.parent_id = parent_id
-                try:
-                    SweepLoop(trials, self.launcher, self.in_flight, self.phases).run()
-                    return self._finish(study)  # the workers still up: one registers the winner
-                finally:
-                    self.launcher.shutdown()
-        except KeyboardInterrupt:
-            print("[sweep] interrupted (Ctrl-C): running trials marked FAIL, their runs KILLED",
-                  flush=True)
-            sys.exit(128 + signal.SIGINT)
-        except SystemExit as exc:
-            if exc.code == 128 + signal.SIGTERM:
-                print("[sweep] terminated (SIGTERM): running trials marked FAIL, their runs KILLED",
+        with TrialLifecycle(plan, self.config, study, self.client, self.experiment_id) as trials:
+            trials.reap()
+            runs.close_dead_parents(self.client, self.experiment_id, s["study_name"], liveness.dead_here)
+            if s["enqueue_seed_trial"]:  # under the ask lock: sweepers starting together enqueue it once
+                with ask_lock(study._storage, self.plan.storage_url, study.study_name):
+                    note = studies.enqueue_seed_trial(study, plan.space, grid=plan.sampler_name == "grid")
+                if note:
+                    log.info(note)
+            tags = {"optuna.study_name": s["study_name"], "optuna.storage": tracking.mask_url(self.plan.storage_url),
+                    "optuna.sampler": self.plan.sampler_name, "optuna.pruner": self.plan.pruner_name,
+                    "optuna.direction": ",".join(self.plan.directions),
+                    "optuna.search_space": json.dumps(plan.space_text, default=str),
+                    "sweep_dir": str(self.plan.sweep_dir), "worker": liveness.WORKER}
+            try:
+                with tracking.open_run(self.client, experiment, run_name=f"sweep-{s['study_name']}",
+                                       tags=tags) as parent_id:
+                    self.parent_id = trials.parent_id = parent_id
+                    try:
+                        SweepLoop(trials, self.launcher, self.in_flight, self.phases).run()
+                        return self._finish(study)  # the workers still up: one registers the winner
+                    finally:
+                        self.launcher.shutdown()
+            except KeyboardInterrupt:
+                print("[sweep] interrupted (Ctrl-C): running trials marked FAIL, their runs KILLED",
                       flush=True)
-            raise
+                sys.exit(128 + signal.SIGINT)
+            except SystemExit as exc:
+                if exc.code == 128 + signal.SIGTERM:
+                    print("[sweep] terminated (SIGTERM): running trials marked FAIL, their runs KILLED",
+                          flush=True)
+                raise
 
     def _check_direction(self, storage) -> None:
         """A study is resumed only in the directions, and for the objectives, it was created with."""
