@@ -40,6 +40,13 @@ def first_five(data_cfg):  # Fashion-MNIST's classes 0-4 only
 
 def not_a_model(cfg, input_shape):
     return None
+
+
+def mixed_mlp(cfg, input_shape):  # Keras mixed precision: a bf16 hidden layer, a float32 output
+    import keras
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(64, activation="relu", dtype="mixed_bfloat16"),
+                             keras.layers.Dense(10, activation="softmax", dtype="float32")])
 '''
 
 
@@ -158,6 +165,17 @@ def test_the_readme_builder_trains_on_the_users_own_data(user_module, tmp_path):
     assert tags["sha256.y_test"] == hashlib.sha256(yt[yt < 5].tobytes()).hexdigest()  # the arrays it returned
     per_class = sorted(k for k in run.data.metrics if k.startswith("test_accuracy_"))
     assert per_class == [f"test_accuracy_{k}" for k in range(5)]  # only its five classes were tested
+
+
+def test_a_mixed_precision_model_trains_and_its_run_records_the_precision(user_module, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_cli([*TINY_MLP, "model._target_=my_models.mixed_mlp", f"mlflow.tracking_uri={uri}"], tmp_path,
+                   env={"PYTHONPATH": str(user_module)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run] = all_runs(MlflowClient(uri))
+    assert run.info.status == "FINISHED"
+    assert run.data.params["precision"] == "float32,mixed_bfloat16"  # its layers' Keras dtype policies
+    assert run.data.metrics["test_accuracy"] > 0.2  # it learnt (chance 0.1; 0.47 measured), in bf16
 
 
 @pytest.mark.parametrize("override, line", [

@@ -26,7 +26,7 @@ def test_a_packed_sweep_records_each_trial_as_an_unpacked_one(tmp_path, client):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6  # n_trials exactly
     [parent], children = parents_and_children(client)
     assert parent.info.status == "FINISHED" and len(children) == 6
-    expected = set(tracking.flat_params(compose_cfg(["trainer.epochs=2"]))) | {"num_params"}
+    expected = set(tracking.flat_params(compose_cfg(["trainer.epochs=2"]))) | {"num_params", "precision"}
     slots = []
     for child in children:
         number = int(child.data.tags["optuna.trial_number"])

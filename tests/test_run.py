@@ -20,7 +20,7 @@ def test_cli_run_lands_in_mlflow(single_run, tmp_path):
     assert f"mlflow_run_id={run.info.run_id}" in proc.stdout and "test_accuracy=" in proc.stdout
     p = run.data.params
     assert (p["optimizer.lr"], p["optimizer.momentum"], p["model.activation"]) == ("0.5", "0.0", "sigmoid")
-    assert p["num_params"] == "44426" and p["data.train_limit"] == "512"
+    assert p["num_params"] == "44426" and p["data.train_limit"] == "512" and p["precision"] == "float32"
     assert "mlflow.tracking_uri" not in p
     assert run.data.tags["hydra.overrides"].split()[:2] == TINY[:2]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second"):

@@ -131,10 +131,19 @@ def record_start(client: MlflowClient, run_id: str, cfg: DictConfig, model: kera
     ``later``: params known only once training starts (a shared-batches trial's
     ``trainer.stream_position``), logged then with :func:`record_param`."""
     params = {k: v for k, v in tracking.flat_params(cfg).items() if k not in later}
-    tracking.log_params(client, run_id, {**params, "num_params": model.count_params()})
+    tracking.log_params(client, run_id, {**params, "num_params": model.count_params(),
+                                         "precision": precision(model)})
     provenance.log_run(client, run_id, cfg, model, splits)  # versions, commit, threads, data
     client.log_text(run_id, summary, "model_summary.txt")
     log_config(client, run_id, cfg)
+
+
+def precision(model: keras.Model) -> str:
+    """The Keras dtype policies the model's weighted layers compute under: ``float32`` for the models
+    shipped here; ``mixed_bfloat16`` for a ``model._target_`` that builds its layers so (bf16 does not
+    pay on the CPUs measured: docs/benchmarks.md)."""
+    names = sorted({layer.dtype_policy.name for layer in model.layers if layer.weights})
+    return ",".join(names) or model.dtype_policy.name
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
