@@ -10,7 +10,7 @@ whose input is the images): microseconds per step, and the sum as trial-samples/
 time; the loss, update and batch gather left out). ``one stream`` rows give the first convolution
 one batch for all slots (``PackedLeNet(batches="shared")``, evaluation): one ``conv2d`` with
 K·filters outputs. One activation for all slots (sigmoid), as a pack whose live trials agree.
-``--precision bfloat16``: the model built under Keras' ``mixed_bfloat16`` policy (bf16 compute,
+``--precision mixed_bfloat16``: the model built under that Keras dtype policy (bf16 compute,
 float32 weights), for CPUs with bf16 units (``avx512_bf16``, ``amx_bf16``).
 """
 
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--formulations", nargs="+", default=["default", "per_slot", "patches"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "mixed_bfloat16"])
     args = p.parse_args()
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), "?")
@@ -89,7 +89,7 @@ def main() -> None:
         + " | sum | trial-samples/s |")
     print("|---" * 14 + "|")
     for k, precision in ((k, p) for k in args.packs for p in args.precision):
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+        keras.mixed_precision.set_global_policy(precision)
         for form in args.formulations:
             for one_stream in ([False, True] if k > 1 else [False]):
                 if form == "patches" and k == 1:

@@ -13,8 +13,8 @@ alike; per arm the median over repeats of the second epoch (the first pays traci
   (``shared``); ``--activations``: ``mixed`` (half sigmoid, half ReLU: the per-slot blend) or all
   one (the graph traced for one shared activation); ``--formulations``: the slot convolutions'
   (:mod:`lenet_sweep.model.slot_layers`);
-* ``--precision``: ``float32``, or ``bfloat16`` (Keras' ``mixed_bfloat16`` policy set in the arm's
-  process before the model is built: bf16 compute, float32 weights, the loss in float32; worth it only
+* ``--precision``: Keras dtype policies, ``float32`` or ``mixed_bfloat16`` (set in the arm's
+  process before the model is built; ``mixed_bfloat16``: bf16 compute, float32 weights, the loss in float32; worth it only
   where the CPU has bf16 units, ``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo's flags).
 
 It prints trial-samples/s (training images per second of wall time, summed over the slots), the
@@ -82,12 +82,6 @@ def _data(images: int):
     return x[:images].reshape(-1, 28, 28, 1).astype(np.float32) / 255.0, y[:images].astype(np.int32)
 
 
-def _precision(precision: str) -> None:
-    import keras
-
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-
-
 def fast_path(arm: str, images: int, batch: int, epochs: int) -> list[float]:
     import keras
 
@@ -95,7 +89,7 @@ def fast_path(arm: str, images: int, batch: int, epochs: int) -> list[float]:
     from lenet_sweep.model import build_lenet, fast_fit
     from omegaconf import OmegaConf
 
-    _precision(arm.split(":")[1])
+    keras.mixed_precision.set_global_policy(arm.split(":")[1])
     x, y = _data(images)
     keras.utils.set_random_seed(0)
     model = build_lenet(OmegaConf.structured(LeNetConfig))
@@ -116,12 +110,14 @@ def fast_path(arm: str, images: int, batch: int, epochs: int) -> list[float]:
 
 
 def pack(arm: str, images: int, batch: int, epochs: int) -> list[float]:
+    import keras
+
     from lenet_sweep.config import LeNetConfig
     from lenet_sweep.model.packed import PackedLeNet, SlotParams
     from omegaconf import OmegaConf
 
     k, activations, formulation, batches, precision = _parse(arm)
-    _precision(precision)
+    keras.mixed_precision.set_global_policy(precision)
     x, y = _data(images)
     packed = PackedLeNet(OmegaConf.structured(LeNetConfig), k, batch, x, y,
                          formulation=None if formulation == "default" else formulation, batches=batches)
@@ -193,8 +189,8 @@ def main() -> None:
                         "per_slot, patches")
     p.add_argument("--batches", nargs="+", default=["independent", "shared"],
                    help="each slot its own batch order, or one stream for all (PackedLeNet batches=)")
-    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
-                   help="float32, or bfloat16 (Keras' mixed_bfloat16 policy) for every arm")
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "mixed_bfloat16"],
+                   help="Keras dtype policies: each arm under each (the first is the ratios' base)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -221,8 +217,8 @@ def main() -> None:
     print(f"CPU: {model}; fp32 peak {peak:.0f} GFLOP/s ({how}); {flops / 1e6:.2f} MFLOP per training sample"
           + (f"\nGPU: {gpu} (the % of peak column is the CPU's)" if gpu else ""))
     print(f"batch {args.batch}, {args.images} images, epoch 2..{args.epochs} timed, median of {args.repeats}\n")
-    base = statistics.median(results["fast:float32" if "float32" in args.precision else arms[0]])
-    print(f"x fast path: against the fast path in {'float32' if 'float32' in args.precision else arms[0][5:]}\n")
+    base = statistics.median(results[f"fast:{args.precision[0]}"])
+    print(f"x fast path: against the fast path under {args.precision[0]}\n")
     print("| arm | K | activations | formulation | batches | precision | trial-samples/s | x fast path "
           "| GFLOP/s | % of peak |" + (" GPU peak MiB |" if PEAK_MIB else "")
           + "\n|---|---|---|---|---|---|---|---|---|---|" + ("---|" if PEAK_MIB else ""))
